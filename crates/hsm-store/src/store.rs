@@ -1,0 +1,610 @@
+//! The secret store: the on-token layout, atomic writes through journals, and the index.
+//!
+//! Opening scans the token once (finishing or undoing any write a crash cut short), and from
+//! then on listing, checksums, metadata and change detection come from the index; a read
+//! costs one `C_GetAttributeValue` per key and no search. Writes are serialised; reads run
+//! concurrently. A write that fails part way marks the store for recovery, which runs before
+//! the next operation, so the store heals in place once the token answers again.
+
+use crate::checksum::{checksum, value_digest};
+use crate::data::{SecretData, SecretValue};
+use crate::error::{Result, StoreError};
+use crate::index::{Changes, Entry, Index, ObjRef, RescanReport, SecretSummary};
+use crate::journal::{self, Journal, Seen};
+use crate::layout::{
+    APPLICATION, DATA_KEY, DataType, LabelResolver, Placement, journal_label, metadata_label,
+    value_label,
+};
+use crate::metadata::{MetadataChange, SYNC_DELETED, SYNC_TIMESTAMP, SYNC_VERSION, SecretMetadata};
+use crate::name::{validate_key, validate_name};
+use crate::token::{Handle, NewObject, StoredObject, Token, TokenError, TokenErrorKind, TokenInfo};
+use parking_lot::{RwLock, RwLockWriteGuard};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// False when the token already held exactly this (no PKCS#11 call was made).
+    pub changed: bool,
+    /// The secret's store version after the write.
+    pub version: u64,
+    /// The secret's checksum after the write.
+    pub checksum: String,
+}
+
+/// The store's operations, for callers that hold it behind a trait object.
+pub trait SecretStore: Send + Sync {
+    /// Token facts (one `C_GetTokenInfo`).
+    fn info(&self) -> Result<TokenInfo>;
+    /// Names of live secrets starting with `prefix` (plain string prefix), sorted. No token call.
+    fn list(&self, prefix: &str) -> Vec<String>;
+    /// Every secret the index knows, tombstones included. No token call.
+    fn entries(&self) -> Vec<SecretSummary>;
+    /// One secret's summary. No token call.
+    fn summary(&self, name: &str) -> Option<SecretSummary>;
+    /// A live secret's keys and values.
+    fn read(&self, name: &str) -> Result<SecretData>;
+    /// A secret's metadata (tombstones included). No token call.
+    fn metadata(&self, name: &str) -> Result<SecretMetadata>;
+    /// A live secret's checksum. No token call.
+    fn checksum(&self, name: &str) -> Result<String>;
+    /// Replaces the secret's keys with `data`, atomically.
+    fn write(
+        &self,
+        name: &str,
+        data: &SecretData,
+        metadata: MetadataChange,
+    ) -> Result<WriteOutcome>;
+    /// Removes every object of the secret, atomically.
+    fn delete(&self, name: &str) -> Result<()>;
+    /// Removes one key, atomically.
+    fn delete_key(&self, name: &str, key: &str) -> Result<()>;
+    /// Replaces the secret by a tombstone whose `sync.version` is one above the current one.
+    fn tombstone(&self, name: &str, timestamp: &str) -> Result<WriteOutcome>;
+    /// What changed since store version `since`. No token call.
+    fn changes_since(&self, since: u64) -> Changes;
+    /// The store's current version.
+    fn version(&self) -> u64;
+    /// Re-scans the token to pick up changes made by other writers.
+    fn rescan(&self) -> Result<RescanReport>;
+}
+
+/// The store over a token `T` (a PKCS#11 token, a memory token, or a wrapper of either).
+pub struct Store<T: Token> {
+    token: T,
+    index: RwLock<Index>,
+    /// Set while a write is under way or after one failed: the token may not match the index.
+    needs_recovery: AtomicBool,
+}
+
+impl<T: Token> std::fmt::Debug for Store<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let index = self.index.read();
+        f.debug_struct("Store")
+            .field("secrets", &index.entries.len())
+            .field("version", &index.version)
+            .finish()
+    }
+}
+
+/// One object a write wants on the token.
+struct Planned<'a> {
+    label: String,
+    /// `None` for the metadata object.
+    key: Option<&'a str>,
+    value: std::borrow::Cow<'a, [u8]>,
+    data_type: DataType,
+    digest: [u8; 32],
+}
+
+impl<T: Token> Store<T> {
+    /// Opens the store: scans the token once, resolving journals of interrupted writes.
+    pub fn open(token: T) -> Result<Self> {
+        let store = Store {
+            token,
+            index: RwLock::new(Index::default()),
+            needs_recovery: AtomicBool::new(false),
+        };
+        let scanned = store.scan()?;
+        store.index.write().install(scanned);
+        Ok(store)
+    }
+
+    /// The token underneath.
+    pub fn token(&self) -> &T {
+        &self.token
+    }
+
+    /// Reads every object of the application, resolves journals, and builds index entries.
+    fn scan(&self) -> Result<BTreeMap<String, Entry>> {
+        let mut handles = self.token.find(APPLICATION, None)?;
+        handles.sort_unstable();
+        let mut objects: Vec<(Handle, StoredObject)> = Vec::with_capacity(handles.len());
+        for handle in handles {
+            match self.token.read(handle) {
+                Ok(object) => objects.push((handle, object)),
+                Err(e) if e.kind == TokenErrorKind::ObjectGone => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let resolver = LabelResolver::new(objects.iter().map(|(_, o)| o.label.as_str()));
+        let destroyed = self.resolve_journals(&objects, &resolver)?;
+
+        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut values: BTreeMap<String, Vec<(String, &[u8])>> = BTreeMap::new();
+        for (handle, object) in objects.iter().filter(|(h, _)| !destroyed.contains(h)) {
+            let obj = ObjRef {
+                handle: *handle,
+                digest: value_digest(&object.value),
+            };
+            match resolver.place(&object.label) {
+                Some(Placement::Value { name, key }) => {
+                    let entry = entries.entry(name.clone()).or_default();
+                    if entry.keys.contains_key(&key) {
+                        entry.duplicates.push(*handle);
+                    } else {
+                        entry.keys.insert(key.clone(), obj);
+                        values.entry(name).or_default().push((key, &object.value));
+                    }
+                }
+                Some(Placement::Metadata { name }) => {
+                    let entry = entries.entry(name.clone()).or_default();
+                    if entry.metadata_obj.is_some() {
+                        entry.duplicates.push(*handle);
+                        continue;
+                    }
+                    entry.metadata_obj = Some(obj);
+                    match serde_json::from_slice::<SecretMetadata>(&object.value) {
+                        Ok(m) => entry.metadata = Some(m),
+                        Err(e) => tracing::warn!(
+                            secret = %name, error = %e,
+                            "metadata object is not valid JSON; treating it as empty"
+                        ),
+                    }
+                }
+                Some(Placement::Journal { .. }) => {}
+                None => {
+                    tracing::warn!(label = %object.label, "ignoring an object whose label names no secret")
+                }
+            }
+        }
+        for (name, entry) in entries.iter_mut() {
+            let pairs = values.remove(name).unwrap_or_default();
+            entry.checksum = checksum(pairs.iter().map(|(k, v)| (k.as_str(), *v)));
+        }
+        Ok(entries)
+    }
+
+    /// Finishes or undoes every interrupted write; returns the handles it destroyed.
+    fn resolve_journals(
+        &self,
+        objects: &[(Handle, StoredObject)],
+        resolver: &LabelResolver,
+    ) -> Result<HashSet<Handle>> {
+        let mut destroyed = HashSet::new();
+        for (handle, object) in objects {
+            let Some(Placement::Journal { name }) = resolver.place(&object.label) else {
+                continue;
+            };
+            match serde_json::from_slice::<Journal>(&object.value) {
+                Ok(journal) => {
+                    let labels = journal.labels();
+                    let seen: Vec<Seen<'_>> = objects
+                        .iter()
+                        .filter(|(h, o)| {
+                            !destroyed.contains(h) && labels.contains(o.label.as_str())
+                        })
+                        .map(|(h, o)| Seen {
+                            handle: *h,
+                            label: &o.label,
+                            digest: hex::encode(value_digest(&o.value)),
+                        })
+                        .collect();
+                    let resolution = journal::resolve(&journal, &seen);
+                    for h in &resolution.destroy {
+                        self.destroy_tolerant(*h)?;
+                        destroyed.insert(*h);
+                    }
+                    tracing::info!(
+                        secret = %name,
+                        outcome = if resolution.forward { "completed" } else { "undone" },
+                        "resolved an interrupted write"
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    secret = %name, error = %e,
+                    "removing an unreadable write journal"
+                ),
+            }
+            self.destroy_tolerant(*handle)?;
+            destroyed.insert(*handle);
+        }
+        Ok(destroyed)
+    }
+
+    fn destroy_tolerant(&self, handle: Handle) -> Result<(), TokenError> {
+        match self.token.destroy(handle) {
+            Err(e) if e.kind == TokenErrorKind::ObjectGone => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Takes the index for writing, first re-scanning if an earlier write was cut short.
+    fn write_index(&self) -> Result<RwLockWriteGuard<'_, Index>> {
+        let mut index = self.index.write();
+        if self.needs_recovery.load(Ordering::SeqCst) {
+            let scanned = self.scan()?;
+            index.install(scanned);
+            self.needs_recovery.store(false, Ordering::SeqCst);
+        }
+        Ok(index)
+    }
+
+    /// Makes the token hold exactly `planned` for `name` (plus nothing else of it), through a
+    /// journal when more than one object changes. Returns the new entry, or `None` when the
+    /// token already held exactly that.
+    fn apply(
+        &self,
+        index: &Index,
+        name: &str,
+        planned: &[Planned<'_>],
+        metadata: Option<SecretMetadata>,
+        new_checksum: String,
+    ) -> Result<Option<Entry>> {
+        let old = index.entries.get(name);
+        let mut old_objects: Vec<(String, ObjRef)> = Vec::new();
+        if let Some(old) = old {
+            old_objects.extend(old.keys.iter().map(|(k, o)| (value_label(name, k), *o)));
+            old_objects.extend(old.metadata_obj.map(|o| (metadata_label(name), o)));
+        }
+        let old_digest = |label: &str| {
+            old_objects
+                .iter()
+                .find(|(l, _)| l == label)
+                .map(|(_, o)| o.digest)
+        };
+        let creates: Vec<&Planned<'_>> = planned
+            .iter()
+            .filter(|p| old_digest(&p.label) != Some(p.digest))
+            .collect();
+        let mut destroys: Vec<Handle> = old_objects
+            .iter()
+            .filter(|(l, o)| {
+                !planned
+                    .iter()
+                    .any(|p| p.label == *l && p.digest == o.digest)
+            })
+            .map(|(_, o)| o.handle)
+            .collect();
+        destroys.extend(old.map(|o| o.duplicates.clone()).unwrap_or_default());
+        if creates.is_empty() && destroys.is_empty() {
+            return Ok(None);
+        }
+
+        self.needs_recovery.store(true, Ordering::SeqCst);
+        let journal_handle = if creates.len() + destroys.len() > 1 {
+            let journal = Journal::new(
+                name,
+                old_objects.iter().map(|(l, o)| (l.clone(), o.digest)),
+                planned.iter().map(|p| (p.label.clone(), p.digest)),
+            );
+            let label = journal_label(name);
+            Some(self.token.create(&NewObject {
+                label: &label,
+                application: APPLICATION,
+                object_id: DataType::Json.oid_der(),
+                value: &journal.to_json(),
+            })?)
+        } else {
+            None
+        };
+        let mut created: BTreeMap<&str, Handle> = BTreeMap::new();
+        for p in &creates {
+            let handle = self.token.create(&NewObject {
+                label: &p.label,
+                application: APPLICATION,
+                object_id: p.data_type.oid_der(),
+                value: &p.value,
+            })?;
+            created.insert(p.label.as_str(), handle);
+        }
+        for handle in destroys {
+            self.destroy_tolerant(handle)?;
+        }
+        if let Some(handle) = journal_handle {
+            self.token.destroy(handle)?;
+        }
+        self.needs_recovery.store(false, Ordering::SeqCst);
+
+        let handle_of = |p: &Planned<'_>| ObjRef {
+            handle: created.get(p.label.as_str()).copied().unwrap_or_else(|| {
+                old_objects
+                    .iter()
+                    .find(|(l, _)| *l == p.label)
+                    .map(|(_, o)| o.handle)
+                    .expect("an object not created was kept from the old state")
+            }),
+            digest: p.digest,
+        };
+        let mut entry = Entry {
+            checksum: new_checksum,
+            metadata,
+            ..Default::default()
+        };
+        for p in planned {
+            match p.key {
+                Some(key) => {
+                    entry.keys.insert(key.to_owned(), handle_of(p));
+                }
+                None => entry.metadata_obj = Some(handle_of(p)),
+            }
+        }
+        Ok(Some(entry))
+    }
+
+    /// Reads every key of an entry, checking each object is still what the index says.
+    fn read_entry(&self, name: &str, entry: &Entry) -> Result<Option<SecretData>> {
+        let mut data = SecretData::new();
+        for (key, obj) in &entry.keys {
+            let object = match self.token.read(obj.handle) {
+                Ok(o) => o,
+                Err(e) if e.kind == TokenErrorKind::ObjectGone => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            if object.label != value_label(name, key) || value_digest(&object.value) != obj.digest {
+                return Ok(None);
+            }
+            data.insert(key.clone(), SecretValue::from(object.value));
+        }
+        Ok(Some(data))
+    }
+
+    fn plan_value<'a>(name: &str, key: &'a str, value: &'a [u8]) -> Planned<'a> {
+        Planned {
+            label: value_label(name, key),
+            key: Some(key),
+            value: std::borrow::Cow::Borrowed(value),
+            data_type: DataType::infer(value),
+            digest: value_digest(value),
+        }
+    }
+
+    fn plan_metadata<'a>(name: &str, metadata: &SecretMetadata) -> Planned<'a> {
+        let json = metadata.to_json();
+        Planned {
+            label: metadata_label(name),
+            key: None,
+            digest: value_digest(&json),
+            value: std::borrow::Cow::Owned(json),
+            data_type: DataType::Json,
+        }
+    }
+
+    /// Writes `name` as `data` with `metadata` under the held index lock.
+    fn write_locked(
+        &self,
+        index: &mut Index,
+        name: &str,
+        data: &SecretData,
+        metadata: SecretMetadata,
+    ) -> Result<WriteOutcome> {
+        let mut planned: Vec<Planned<'_>> = data
+            .iter()
+            .map(|(k, v)| Self::plan_value(name, k, v.expose()))
+            .collect();
+        planned.push(Self::plan_metadata(name, &metadata));
+        let new_checksum = checksum(data.iter().map(|(k, v)| (k.as_str(), v.expose())));
+        match self.apply(index, name, &planned, Some(metadata), new_checksum.clone())? {
+            Some(entry) => Ok(WriteOutcome {
+                changed: true,
+                version: index.put(name, entry),
+                checksum: new_checksum,
+            }),
+            None => Ok(WriteOutcome {
+                changed: false,
+                version: index.entries.get(name).map(|e| e.version).unwrap_or(0),
+                checksum: new_checksum,
+            }),
+        }
+    }
+
+    /// Refuses a write whose labels another secret owns (see [`StoreError::LabelConflict`]).
+    fn check_label_conflicts(index: &Index, name: &str, data: &SecretData) -> Result<()> {
+        let owns = |owner: &str, key: &str| {
+            index
+                .entries
+                .get(owner)
+                .is_some_and(|e| e.keys.contains_key(key))
+        };
+        for key in data.keys() {
+            let label = value_label(name, key);
+            // The other reading of the same label: `a/b/k` as key `data` of secret `a/b/k`,
+            // or `a/b` (key `data`) as key `b` of secret `a`.
+            let other = if key == DATA_KEY {
+                name.rsplit_once('/')
+                    .map(|(p, k)| (p.to_owned(), k.to_owned()))
+            } else {
+                Some((label.clone(), DATA_KEY.to_owned()))
+            };
+            if let Some((owner, owner_key)) = other
+                && owner != name
+                && owns(&owner, &owner_key)
+            {
+                return Err(StoreError::LabelConflict {
+                    name: name.to_owned(),
+                    label,
+                    owner,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn not_found(name: &str) -> StoreError {
+        StoreError::NotFound(name.to_owned())
+    }
+}
+
+impl<T: Token> SecretStore for Store<T> {
+    fn info(&self) -> Result<TokenInfo> {
+        Ok(self.token.info()?)
+    }
+
+    fn list(&self, prefix: &str) -> Vec<String> {
+        self.index
+            .read()
+            .entries
+            .range(prefix.to_owned()..)
+            .take_while(|(n, _)| n.starts_with(prefix))
+            .filter(|(_, e)| !e.keys.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    fn entries(&self) -> Vec<SecretSummary> {
+        let index = self.index.read();
+        index.entries.iter().map(|(n, e)| e.summary(n)).collect()
+    }
+
+    fn summary(&self, name: &str) -> Option<SecretSummary> {
+        self.index.read().entries.get(name).map(|e| e.summary(name))
+    }
+
+    fn read(&self, name: &str) -> Result<SecretData> {
+        {
+            let index = self.index.read();
+            if !self.needs_recovery.load(Ordering::SeqCst) {
+                let entry = index
+                    .entries
+                    .get(name)
+                    .filter(|e| !e.keys.is_empty())
+                    .ok_or_else(|| Self::not_found(name))?;
+                if let Some(data) = self.read_entry(name, entry)? {
+                    return Ok(data);
+                }
+            }
+        }
+        // The token changed under the index (another writer, or a write cut short): re-scan
+        // once and read again.
+        self.needs_recovery.store(true, Ordering::SeqCst);
+        let index = self.write_index()?;
+        let entry = index
+            .entries
+            .get(name)
+            .filter(|e| !e.keys.is_empty())
+            .ok_or_else(|| Self::not_found(name))?;
+        self.read_entry(name, entry)?
+            .ok_or_else(|| StoreError::Malformed {
+                label: name.to_owned(),
+                reason: "the secret changed while it was being read".into(),
+            })
+    }
+
+    fn metadata(&self, name: &str) -> Result<SecretMetadata> {
+        self.index
+            .read()
+            .entries
+            .get(name)
+            .and_then(|e| e.metadata.clone())
+            .ok_or_else(|| Self::not_found(name))
+    }
+
+    fn checksum(&self, name: &str) -> Result<String> {
+        self.index
+            .read()
+            .entries
+            .get(name)
+            .filter(|e| !e.keys.is_empty())
+            .map(|e| e.checksum.clone())
+            .ok_or_else(|| Self::not_found(name))
+    }
+
+    fn write(
+        &self,
+        name: &str,
+        data: &SecretData,
+        metadata: MetadataChange,
+    ) -> Result<WriteOutcome> {
+        validate_name(name)?;
+        for key in data.keys() {
+            validate_key(name, key)?;
+        }
+        let mut index = self.write_index()?;
+        Self::check_label_conflicts(&index, name, data)?;
+        let current = index.entries.get(name).and_then(|e| e.metadata.as_ref());
+        let metadata = metadata.apply(current);
+        self.write_locked(&mut index, name, data, metadata)
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let mut index = self.write_index()?;
+        if !index.entries.contains_key(name) {
+            return Err(Self::not_found(name));
+        }
+        self.apply(&index, name, &[], None, String::new())?;
+        index.remove(name);
+        Ok(())
+    }
+
+    fn delete_key(&self, name: &str, key: &str) -> Result<()> {
+        let mut index = self.write_index()?;
+        let entry = index
+            .entries
+            .get(name)
+            .ok_or_else(|| Self::not_found(name))?;
+        if !entry.keys.contains_key(key) {
+            return Err(StoreError::KeyNotFound {
+                name: name.to_owned(),
+                key: key.to_owned(),
+            });
+        }
+        let entry = entry.clone();
+        let mut data = self
+            .read_entry(name, &entry)?
+            .ok_or_else(|| StoreError::Malformed {
+                label: name.to_owned(),
+                reason: "the secret changed on the token; re-scan and retry".into(),
+            })?;
+        data.remove(key);
+        let metadata = entry.metadata.clone().unwrap_or_default();
+        self.write_locked(&mut index, name, &data, metadata)?;
+        Ok(())
+    }
+
+    fn tombstone(&self, name: &str, timestamp: &str) -> Result<WriteOutcome> {
+        validate_name(name)?;
+        let mut index = self.write_index()?;
+        let current = index
+            .entries
+            .get(name)
+            .and_then(|e| e.metadata.clone())
+            .unwrap_or_default();
+        let mut update = SecretMetadata::default();
+        update.labels.insert(
+            SYNC_VERSION.into(),
+            (current.sync_version() + 1).to_string(),
+        );
+        update.labels.insert(SYNC_DELETED.into(), "true".into());
+        update
+            .labels
+            .insert(SYNC_TIMESTAMP.into(), timestamp.to_owned());
+        let metadata = current.merged_with(&update);
+        self.write_locked(&mut index, name, &SecretData::new(), metadata)
+    }
+
+    fn changes_since(&self, since: u64) -> Changes {
+        self.index.read().changes_since(since)
+    }
+
+    fn version(&self) -> u64 {
+        self.index.read().version
+    }
+
+    fn rescan(&self) -> Result<RescanReport> {
+        let mut index = self.index.write();
+        let scanned = self.scan()?;
+        self.needs_recovery.store(false, Ordering::SeqCst);
+        Ok(index.install(scanned))
+    }
+}

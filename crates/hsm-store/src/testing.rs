@@ -1,0 +1,116 @@
+//! Test support: a fresh SoftHSM2 token per fixture, in a private temporary directory.
+//!
+//! SoftHSM2 reads `SOFTHSM2_CONF` once, at `C_Initialize`, and a module initialises once per
+//! process; so each test process gets its own token directory (under cargo-nextest that is
+//! one directory per test), and each fixture its own token in it. Nothing is written outside
+//! the temporary directory, which is removed when the process ends.
+
+use crate::error::Result;
+use crate::token::{Module, Pkcs11Token, TokenSelector};
+use secrecy::SecretString;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Where Debian installs SoftHSM2's module.
+pub const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// The user PIN of fixture tokens.
+pub const TEST_PIN: &str = "1234";
+/// The SO PIN of fixture tokens.
+pub const TEST_SO_PIN: &str = "12345678";
+
+struct ProcessTokenDir {
+    _dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+fn process_token_dir() -> &'static ProcessTokenDir {
+    static DIR: OnceLock<ProcessTokenDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("hsm-store-softhsm-")
+            .tempdir()
+            .expect("create a temporary token directory");
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).expect("create the token directory");
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                tokens.display()
+            ),
+        )
+        .expect("write softhsm2.conf");
+        // SAFETY: runs once, inside OnceLock initialisation, before this process loads
+        // SoftHSM2 (which is what reads the variable). Test harness threads do not write the
+        // environment.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("SOFTHSM2_CONF", &conf)
+        };
+        ProcessTokenDir { _dir: dir, conf }
+    })
+}
+
+/// A fresh, initialised SoftHSM2 token.
+#[derive(Debug)]
+pub struct SoftHsm {
+    /// The loaded module.
+    pub module: Module,
+    /// The token's label (unique within the process).
+    pub label: String,
+}
+
+impl SoftHsm {
+    /// Creates a new token with [`TEST_PIN`]. Panics with a clear message if SoftHSM2 is not
+    /// installed (`cargo xtask test` installs it).
+    pub fn new() -> SoftHsm {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        assert!(
+            Path::new(SOFTHSM2_MODULE).exists(),
+            "SoftHSM2 is not installed ({SOFTHSM2_MODULE} missing): install the Debian package \
+             softhsm2, or run `cargo xtask test`, which does"
+        );
+        process_token_dir();
+        let module = Module::load(SOFTHSM2_MODULE).expect("load SoftHSM2");
+        let label = format!(
+            "t{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        module
+            .init_token(
+                &label,
+                &SecretString::from(TEST_SO_PIN),
+                &SecretString::from(TEST_PIN),
+            )
+            .expect("initialise a SoftHSM2 token");
+        SoftHsm { module, label }
+    }
+
+    /// The selector of this token.
+    pub fn selector(&self) -> TokenSelector {
+        TokenSelector::Label(self.label.clone())
+    }
+
+    /// A new logged-in session pool on the token.
+    pub fn open(&self) -> Result<Pkcs11Token> {
+        Pkcs11Token::open(
+            &self.module,
+            &self.selector(),
+            &SecretString::from(TEST_PIN),
+        )
+    }
+
+    /// The `SOFTHSM2_CONF` of this process, for child processes (hsmctl in tests).
+    pub fn conf_path(&self) -> &Path {
+        &process_token_dir().conf
+    }
+}
+
+impl Default for SoftHsm {
+    fn default() -> Self {
+        Self::new()
+    }
+}

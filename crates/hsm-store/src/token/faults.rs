@@ -1,0 +1,138 @@
+//! A wrapper that counts every call the store makes, and can cut the token off at the N-th
+//! call: that call and every later one fail, as they would for a process that crashed or a
+//! device that was unplugged there. Tests use it to prove writes are atomic at every cut and
+//! that index-served operations make no object reads; the benchmark uses it to count calls.
+
+use super::{Handle, NewObject, StoredObject, Token, TokenError, TokenErrorKind, TokenInfo};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+/// Calls made so far, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    /// `C_FindObjects*` sequences.
+    pub find: u64,
+    /// `C_GetAttributeValue`.
+    pub read: u64,
+    /// `C_CreateObject`.
+    pub create: u64,
+    /// `C_DestroyObject`.
+    pub destroy: u64,
+    /// `C_GetTokenInfo`.
+    pub info: u64,
+}
+
+impl CallCounts {
+    /// All calls.
+    pub fn total(&self) -> u64 {
+        self.find + self.read + self.create + self.destroy + self.info
+    }
+
+    /// The calls made since `earlier`.
+    pub fn since(&self, earlier: &CallCounts) -> CallCounts {
+        CallCounts {
+            find: self.find - earlier.find,
+            read: self.read - earlier.read,
+            create: self.create - earlier.create,
+            destroy: self.destroy - earlier.destroy,
+            info: self.info - earlier.info,
+        }
+    }
+}
+
+/// Counts calls to the inner token and optionally fails from the N-th call on.
+#[derive(Debug)]
+pub struct InstrumentedToken<T> {
+    inner: T,
+    find: AtomicU64,
+    read: AtomicU64,
+    create: AtomicU64,
+    destroy: AtomicU64,
+    info: AtomicU64,
+    calls: AtomicU64,
+    /// 0 = never cut; otherwise the 1-based number of the first failing call.
+    cut_at: AtomicU64,
+}
+
+impl<T: Token> InstrumentedToken<T> {
+    /// Wraps `inner`, counting, with no cut.
+    pub fn new(inner: T) -> Self {
+        InstrumentedToken {
+            inner,
+            find: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+            create: AtomicU64::new(0),
+            destroy: AtomicU64::new(0),
+            info: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            cut_at: AtomicU64::new(0),
+        }
+    }
+
+    /// From now on, the `n`-th call from now (1-based) and every call after it fail.
+    pub fn cut_after(&self, n: u64) {
+        self.cut_at.store(self.calls.load(SeqCst) + n, SeqCst);
+    }
+
+    /// Removes the cut.
+    pub fn heal(&self) {
+        self.cut_at.store(0, SeqCst);
+    }
+
+    /// Whether a cut has fired.
+    pub fn was_cut(&self) -> bool {
+        let cut = self.cut_at.load(SeqCst);
+        cut != 0 && self.calls.load(SeqCst) >= cut
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> CallCounts {
+        CallCounts {
+            find: self.find.load(SeqCst),
+            read: self.read.load(SeqCst),
+            create: self.create.load(SeqCst),
+            destroy: self.destroy.load(SeqCst),
+            info: self.info.load(SeqCst),
+        }
+    }
+
+    /// The wrapped token.
+    pub fn inner(&self) -> &T {
+        &self.inner
+    }
+
+    fn enter(&self, counter: &AtomicU64, call: &'static str) -> Result<(), TokenError> {
+        let n = self.calls.fetch_add(1, SeqCst) + 1;
+        let cut = self.cut_at.load(SeqCst);
+        if cut != 0 && n >= cut {
+            return Err(TokenError {
+                call,
+                kind: TokenErrorKind::Injected,
+            });
+        }
+        counter.fetch_add(1, SeqCst);
+        Ok(())
+    }
+}
+
+impl<T: Token> Token for InstrumentedToken<T> {
+    fn find(&self, application: &str, label: Option<&str>) -> Result<Vec<Handle>, TokenError> {
+        self.enter(&self.find, "C_FindObjects")?;
+        self.inner.find(application, label)
+    }
+    fn read(&self, handle: Handle) -> Result<StoredObject, TokenError> {
+        self.enter(&self.read, "C_GetAttributeValue")?;
+        self.inner.read(handle)
+    }
+    fn create(&self, object: &NewObject<'_>) -> Result<Handle, TokenError> {
+        self.enter(&self.create, "C_CreateObject")?;
+        self.inner.create(object)
+    }
+    fn destroy(&self, handle: Handle) -> Result<(), TokenError> {
+        self.enter(&self.destroy, "C_DestroyObject")?;
+        self.inner.destroy(handle)
+    }
+    fn info(&self) -> Result<TokenInfo, TokenError> {
+        self.enter(&self.info, "C_GetTokenInfo")?;
+        self.inner.info()
+    }
+}

@@ -1,0 +1,108 @@
+//! A token in memory: the same object semantics as a PKCS#11 token (labels not unique,
+//! handles not reused, filtering by application), so that the whole store, including its
+//! journal and recovery, runs unchanged in unit tests and in demos without a module.
+
+use super::{Handle, NewObject, StoredObject, Token, TokenError, TokenErrorKind, TokenInfo};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use zeroize::Zeroizing;
+
+#[derive(Clone)]
+struct Object {
+    label: String,
+    application: String,
+    value: Zeroizing<Vec<u8>>,
+}
+
+/// An in-memory token.
+#[derive(Default)]
+pub struct MemoryToken {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    next_handle: Handle,
+    objects: BTreeMap<Handle, Object>,
+}
+
+impl MemoryToken {
+    /// An empty token.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many objects it holds (foreign ones included).
+    pub fn object_count(&self) -> usize {
+        self.state.lock().objects.len()
+    }
+}
+
+impl std::fmt::Debug for MemoryToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryToken")
+            .field("objects", &self.object_count())
+            .finish()
+    }
+}
+
+impl Token for MemoryToken {
+    fn find(&self, application: &str, label: Option<&str>) -> Result<Vec<Handle>, TokenError> {
+        Ok(self
+            .state
+            .lock()
+            .objects
+            .iter()
+            .filter(|(_, o)| o.application == application)
+            .filter(|(_, o)| label.is_none_or(|l| o.label == l))
+            .map(|(h, _)| *h)
+            .collect())
+    }
+
+    fn read(&self, handle: Handle) -> Result<StoredObject, TokenError> {
+        let state = self.state.lock();
+        let object = state.objects.get(&handle).ok_or(TokenError {
+            call: "C_GetAttributeValue",
+            kind: TokenErrorKind::ObjectGone,
+        })?;
+        Ok(StoredObject {
+            label: object.label.clone(),
+            value: object.value.clone(),
+        })
+    }
+
+    fn create(&self, object: &NewObject<'_>) -> Result<Handle, TokenError> {
+        let mut state = self.state.lock();
+        state.next_handle += 1;
+        let handle = state.next_handle;
+        state.objects.insert(
+            handle,
+            Object {
+                label: object.label.to_owned(),
+                application: object.application.to_owned(),
+                value: Zeroizing::new(object.value.to_vec()),
+            },
+        );
+        Ok(handle)
+    }
+
+    fn destroy(&self, handle: Handle) -> Result<(), TokenError> {
+        match self.state.lock().objects.remove(&handle) {
+            Some(_) => Ok(()),
+            None => Err(TokenError {
+                call: "C_DestroyObject",
+                kind: TokenErrorKind::ObjectGone,
+            }),
+        }
+    }
+
+    fn info(&self) -> Result<TokenInfo, TokenError> {
+        Ok(TokenInfo {
+            label: "memory".into(),
+            manufacturer: "hsm-secrets-operator".into(),
+            model: "in-memory token".into(),
+            serial_number: "0".into(),
+            firmware_version: "0.0".into(),
+        })
+    }
+}

@@ -1,0 +1,383 @@
+//! The token on a real PKCS#11 module, through `cryptoki`.
+//!
+//! A module is initialised once per process (a second `C_Initialize` fails, and SoftHSM2 reads
+//! its configuration only then), so [`Module::load`] hands out one shared context per path.
+//! A token keeps a small pool of sessions: reads run concurrently on separate sessions, and the
+//! pool always keeps one open so the login, which belongs to the token, is never lost.
+
+use super::{Handle, NewObject, StoredObject, Token, TokenError, TokenErrorKind, TokenInfo};
+use crate::error::{Result, StoreError};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use parking_lot::Mutex;
+use secrecy::{ExposeSecret, SecretString};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use zeroize::Zeroizing;
+
+/// A loaded and initialised PKCS#11 module, shared by every token of this process.
+#[derive(Clone)]
+pub struct Module {
+    path: PathBuf,
+    ctx: Pkcs11,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module").field("path", &self.path).finish()
+    }
+}
+
+fn loaded_modules() -> &'static Mutex<HashMap<PathBuf, Module>> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Module>>> = OnceLock::new();
+    MODULES.get_or_init(Default::default)
+}
+
+impl Module {
+    /// Loads and initialises the module at `path`, or returns the one this process already has.
+    pub fn load(path: impl AsRef<Path>) -> Result<Module> {
+        let path = path.as_ref().to_path_buf();
+        let mut modules = loaded_modules().lock();
+        if let Some(module) = modules.get(&path) {
+            return Ok(module.clone());
+        }
+        let load_error = |reason: String| StoreError::ModuleLoad {
+            path: path.display().to_string(),
+            reason,
+        };
+        if !path.exists() {
+            return Err(load_error("no such file".into()));
+        }
+        let ctx = Pkcs11::new(&path).map_err(|e| load_error(e.to_string()))?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(load_error(format!("C_Initialize: {e}"))),
+        }
+        let module = Module { path, ctx };
+        modules.insert(module.path.clone(), module.clone());
+        Ok(module)
+    }
+
+    /// The module's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every slot with a token, with the token's label and serial.
+    pub fn tokens(&self) -> Result<Vec<(Slot, TokenInfo)>> {
+        let slots = self
+            .ctx
+            .get_slots_with_token()
+            .map_err(|e| map_error("C_GetSlotList", e))?;
+        let mut out = Vec::with_capacity(slots.len());
+        for slot in slots {
+            // A slot whose token cannot be described is skipped, not fatal: a reader may hold
+            // an unsupported card next to the one we want.
+            if let Ok(info) = self.ctx.get_token_info(slot) {
+                out.push((slot, token_info(&info)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Finds the slot `selector` names.
+    pub fn find_slot(&self, selector: &TokenSelector) -> Result<Slot> {
+        let tokens = self.tokens()?;
+        let found = tokens.iter().find(|(slot, info)| match selector {
+            TokenSelector::First => true,
+            TokenSelector::Label(label) => info.label == *label,
+            TokenSelector::Serial(serial) => info.serial_number == *serial,
+            TokenSelector::Slot(id) => slot.id() == *id,
+        });
+        match found {
+            Some((slot, _)) => Ok(*slot),
+            None => Err(StoreError::TokenNotFound {
+                selector: selector.to_string(),
+                available: describe(&tokens),
+            }),
+        }
+    }
+
+    /// Initialises a token in the first slot whose token is not initialised yet (SoftHSM2
+    /// always offers one), and sets its user PIN. For development and tests; real HSMs are
+    /// initialised with their own tools.
+    pub fn init_token(
+        &self,
+        label: &str,
+        so_pin: &SecretString,
+        user_pin: &SecretString,
+    ) -> Result<TokenInfo> {
+        // Two threads must not both pick the same free slot.
+        static INIT: Mutex<()> = Mutex::new(());
+        let _serialised = INIT.lock();
+        let free = self
+            .tokens()?
+            .into_iter()
+            .find(|(slot, _)| {
+                self.ctx
+                    .get_token_info(*slot)
+                    .map(|i| !i.token_initialized())
+                    .unwrap_or(false)
+            })
+            .map(|(slot, _)| slot)
+            .ok_or_else(|| StoreError::TokenNotFound {
+                selector: "a slot with an uninitialised token".into(),
+                available: describe(&self.tokens().unwrap_or_default()),
+            })?;
+        let so = AuthPin::new(so_pin.expose_secret().into());
+        self.ctx
+            .init_token(free, &so, label)
+            .map_err(|e| map_error("C_InitToken", e))?;
+        let session = self
+            .ctx
+            .open_rw_session(free)
+            .map_err(|e| map_error("C_OpenSession", e))?;
+        session
+            .login(UserType::So, Some(&so))
+            .map_err(|e| map_login_error(map_error("C_Login", e)))?;
+        session
+            .init_pin(&AuthPin::new(user_pin.expose_secret().into()))
+            .map_err(|e| map_error("C_InitPIN", e))?;
+        let _ = session.logout();
+        let info = self
+            .ctx
+            .get_token_info(free)
+            .map_err(|e| map_error("C_GetTokenInfo", e))?;
+        Ok(token_info(&info))
+    }
+}
+
+fn describe(tokens: &[(Slot, TokenInfo)]) -> String {
+    if tokens.is_empty() {
+        return "none".into();
+    }
+    tokens
+        .iter()
+        .map(|(slot, info)| {
+            format!(
+                "slot {} label {:?} serial {:?}",
+                slot.id(),
+                info.label,
+                info.serial_number
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn token_info(info: &cryptoki::slot::TokenInfo) -> TokenInfo {
+    TokenInfo {
+        label: info.label().trim().to_owned(),
+        manufacturer: info.manufacturer_id().trim().to_owned(),
+        model: info.model().trim().to_owned(),
+        serial_number: info.serial_number().trim().to_owned(),
+        firmware_version: info.firmware_version().to_string(),
+    }
+}
+
+/// Which token of a module to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSelector {
+    /// The first slot with a token.
+    First,
+    /// The token with this label (trimmed).
+    Label(String),
+    /// The token with this serial number.
+    Serial(String),
+    /// The slot with this id.
+    Slot(u64),
+}
+
+impl std::fmt::Display for TokenSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSelector::First => write!(f, "the first token"),
+            TokenSelector::Label(l) => write!(f, "token label {l:?}"),
+            TokenSelector::Serial(s) => write!(f, "token serial {s:?}"),
+            TokenSelector::Slot(s) => write!(f, "slot {s}"),
+        }
+    }
+}
+
+/// A logged-in token on a PKCS#11 module.
+pub struct Pkcs11Token {
+    module: Module,
+    slot: Slot,
+    sessions: Mutex<Vec<Session>>,
+}
+
+impl std::fmt::Debug for Pkcs11Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Token")
+            .field("module", &self.module.path)
+            .field("slot", &self.slot.id())
+            .finish()
+    }
+}
+
+impl Pkcs11Token {
+    /// Opens a read-write session on the selected token and logs in as the user.
+    ///
+    /// A wrong PIN is [`StoreError::PinIncorrect`]: the caller must not try it again.
+    pub fn open(module: &Module, selector: &TokenSelector, pin: &SecretString) -> Result<Self> {
+        let slot = module.find_slot(selector)?;
+        let session = module
+            .ctx
+            .open_rw_session(slot)
+            .map_err(|e| map_error("C_OpenSession", e))?;
+        match session.login(
+            UserType::User,
+            Some(&AuthPin::new(pin.expose_secret().into())),
+        ) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => return Err(map_login_error(map_error("C_Login", e))),
+        }
+        Ok(Pkcs11Token {
+            module: module.clone(),
+            slot,
+            sessions: Mutex::new(vec![session]),
+        })
+    }
+
+    /// The slot the token is in.
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+
+    /// Runs `f` on a pooled session. A session that saw the token go away is dropped.
+    fn with_session<R>(
+        &self,
+        call: &'static str,
+        f: impl FnOnce(&Session) -> std::result::Result<R, CkError>,
+    ) -> std::result::Result<R, TokenError> {
+        let pooled = self.sessions.lock().pop();
+        let session = match pooled {
+            Some(s) => s,
+            None => self
+                .module
+                .ctx
+                .open_rw_session(self.slot)
+                .map_err(|e| map_error("C_OpenSession", e))?,
+        };
+        let result = f(&session).map_err(|e| map_error(call, e));
+        match &result {
+            Err(e) if e.is_token_lost() => drop(session),
+            _ => self.sessions.lock().push(session),
+        }
+        result
+    }
+}
+
+fn object_handle(handle: Handle) -> ObjectHandle {
+    // SAFETY: every handle the store passes here came from this module's C_FindObjects or
+    // C_CreateObject; a stale one is rejected by the module with CKR_OBJECT_HANDLE_INVALID.
+    #[allow(unsafe_code)]
+    unsafe {
+        ObjectHandle::new_from_raw(handle as _)
+    }
+}
+
+impl Token for Pkcs11Token {
+    fn find(&self, application: &str, label: Option<&str>) -> Result<Vec<Handle>, TokenError> {
+        let mut template = vec![
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Application(application.as_bytes().to_vec()),
+        ];
+        if let Some(label) = label {
+            template.push(Attribute::Label(label.as_bytes().to_vec()));
+        }
+        self.with_session("C_FindObjects", |s| s.find_objects(&template))
+            .map(|handles| handles.into_iter().map(|h| h.handle() as Handle).collect())
+    }
+
+    fn read(&self, handle: Handle) -> Result<StoredObject, TokenError> {
+        let attributes = self.with_session("C_GetAttributeValue", |s| {
+            s.get_attributes(
+                object_handle(handle),
+                &[AttributeType::Label, AttributeType::Value],
+            )
+        })?;
+        let mut label = None;
+        let mut value = None;
+        for attribute in attributes {
+            match attribute {
+                Attribute::Label(l) => label = Some(String::from_utf8_lossy(&l).into_owned()),
+                Attribute::Value(v) => value = Some(Zeroizing::new(v)),
+                _ => {}
+            }
+        }
+        match (label, value) {
+            (Some(label), Some(value)) => Ok(StoredObject { label, value }),
+            _ => Err(TokenError {
+                call: "C_GetAttributeValue",
+                kind: TokenErrorKind::Other("label or value unavailable".into()),
+            }),
+        }
+    }
+
+    fn create(&self, object: &NewObject<'_>) -> Result<Handle, TokenError> {
+        let template = [
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Modifiable(true),
+            Attribute::Label(object.label.as_bytes().to_vec()),
+            Attribute::Application(object.application.as_bytes().to_vec()),
+            Attribute::ObjectId(object.object_id.clone()),
+            Attribute::Value(object.value.to_vec()),
+        ];
+        self.with_session("C_CreateObject", |s| s.create_object(&template))
+            .map(|h| h.handle() as Handle)
+    }
+
+    fn destroy(&self, handle: Handle) -> Result<(), TokenError> {
+        self.with_session("C_DestroyObject", |s| {
+            s.destroy_object(object_handle(handle))
+        })
+    }
+
+    fn info(&self) -> Result<TokenInfo, TokenError> {
+        self.module
+            .ctx
+            .get_token_info(self.slot)
+            .map(|i| token_info(&i))
+            .map_err(|e| map_error("C_GetTokenInfo", e))
+    }
+}
+
+fn map_login_error(e: TokenError) -> StoreError {
+    match e.kind {
+        TokenErrorKind::PinIncorrect => StoreError::PinIncorrect,
+        TokenErrorKind::PinLocked => StoreError::PinLocked,
+        TokenErrorKind::PinInvalid => StoreError::PinInvalid("rejected by the token"),
+        _ => StoreError::Token(e),
+    }
+}
+
+fn map_error(call: &'static str, error: CkError) -> TokenError {
+    let kind = match &error {
+        CkError::Pkcs11(rv, _) => match rv {
+            RvError::PinIncorrect => TokenErrorKind::PinIncorrect,
+            RvError::PinLocked => TokenErrorKind::PinLocked,
+            RvError::PinLenRange | RvError::PinInvalid => TokenErrorKind::PinInvalid,
+            RvError::DeviceRemoved
+            | RvError::DeviceError
+            | RvError::TokenNotPresent
+            | RvError::TokenNotRecognized
+            | RvError::SessionHandleInvalid
+            | RvError::SessionClosed
+            | RvError::UserNotLoggedIn
+            | RvError::CryptokiNotInitialized => TokenErrorKind::TokenLost,
+            RvError::ObjectHandleInvalid => TokenErrorKind::ObjectGone,
+            other => TokenErrorKind::Other(format!("{other:?}")),
+        },
+        other => TokenErrorKind::Other(other.to_string()),
+    };
+    TokenError { call, kind }
+}

@@ -1,0 +1,54 @@
+//! Backends the contract tests run on. Each call gives a fresh, empty token.
+#![allow(dead_code)]
+
+use hsm_store::testing::SoftHsm;
+use hsm_store::token::{InstrumentedToken, MemoryToken, Token};
+use hsm_store::{Pkcs11Token, Store};
+use std::sync::Arc;
+
+/// Which token a test runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Memory,
+    SoftHsm,
+}
+
+/// A token that can be opened again, as a restarted process would.
+pub enum Fresh {
+    Memory(Arc<MemoryToken>),
+    SoftHsm(SoftHsm),
+}
+
+pub type AnyToken = Arc<dyn Token>;
+
+impl Fresh {
+    pub fn new(backend: Backend) -> Fresh {
+        match backend {
+            Backend::Memory => Fresh::Memory(Arc::new(MemoryToken::new())),
+            Backend::SoftHsm => Fresh::SoftHsm(SoftHsm::new()),
+        }
+    }
+
+    /// A new connection to the same token.
+    pub fn token(&self) -> AnyToken {
+        match self {
+            Fresh::Memory(m) => m.clone(),
+            Fresh::SoftHsm(s) => Arc::new(s.open().expect("open SoftHSM2 token")) as Arc<dyn Token>,
+        }
+    }
+
+    pub fn store(&self) -> Store<AnyToken> {
+        Store::open(self.token()).expect("open store")
+    }
+
+    pub fn instrumented(&self) -> Store<Arc<InstrumentedToken<AnyToken>>> {
+        Store::open(Arc::new(InstrumentedToken::new(self.token()))).expect("open store")
+    }
+
+    pub fn pkcs11(&self) -> Option<Pkcs11Token> {
+        match self {
+            Fresh::SoftHsm(s) => Some(s.open().unwrap()),
+            Fresh::Memory(_) => None,
+        }
+    }
+}
