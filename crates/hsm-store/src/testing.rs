@@ -114,3 +114,26 @@ impl Default for SoftHsm {
         Self::new()
     }
 }
+
+impl SoftHsm {
+    /// A raw, logged-in `cryptoki` session on the token, for tests that write or read objects
+    /// the way another implementation (the Go operator) does.
+    pub fn raw_session(&self) -> cryptoki::session::Session {
+        use secrecy::ExposeSecret;
+        let slot = self.module.find_slot(&self.selector()).expect("token slot");
+        let session = self.module.ctx.open_rw_session(slot).expect("open session");
+        let pin = SecretString::from(TEST_PIN);
+        match session.login(
+            cryptoki::session::UserType::User,
+            Some(&cryptoki::types::AuthPin::new(pin.expose_secret().into())),
+        ) {
+            Ok(())
+            | Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::UserAlreadyLoggedIn,
+                _,
+            )) => {}
+            Err(e) => panic!("login: {e}"),
+        }
+        session
+    }
+}

@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 #[derive(Clone)]
 pub struct Module {
     path: PathBuf,
-    ctx: Pkcs11,
+    pub(crate) ctx: Pkcs11,
 }
 
 impl std::fmt::Debug for Module {
