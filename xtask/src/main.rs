@@ -1,4 +1,148 @@
 //! `cargo xtask`: the developer entry points of the workspace.
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("no xtask command is available yet")
+//!
+//! * `demo`  — installs what is missing, creates a SoftHSM2 token under `.dev/`, and writes,
+//!   lists and reads a secret through `hsmctl`, saying what it did.
+//! * `test`  — installs what the tests need, then runs formatting, lints and the whole suite.
+//! * `bench store` — the store benchmark on SoftHSM2.
+//! * `crdgen` — regenerates `deploy/crds` from the CRD types.
+//! * `deps`  — only installs what is missing.
+
+mod deps;
+mod demo;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer entry points of hsm-secrets-operator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the main job locally on a SoftHSM2 token under .dev/.
+    Demo,
+    /// Install what the tests need and run formatting, lints and every test.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for cargo-nextest (a filter, `-p crate`, …).
+        #[arg(trailing_var_arg = true)]
+        nextest_args: Vec<String>,
+    },
+    /// Run a benchmark and print its numbers.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum)]
+        which: Bench,
+    },
+    /// Regenerate deploy/crds from the CRD types.
+    Crdgen,
+    /// Install the Debian packages and cargo tools the project needs, if missing.
+    Deps,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Bench {
+    /// hsm-store on SoftHSM2 beside a raw cryptoki floor.
+    Store,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.command {
+        Cmd::Demo => demo::run(&root),
+        Cmd::Test {
+            no_lint,
+            nextest_args,
+        } => test(&root, no_lint, &nextest_args),
+        Cmd::Bench { which } => bench(&root, which),
+        Cmd::Crdgen => crdgen(&root),
+        Cmd::Deps => deps::ensure(),
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest
+        .parent()
+        .context("xtask lives inside the workspace")?
+        .to_path_buf())
+}
+
+/// Runs a command in the workspace root, failing on a non-zero exit.
+pub(crate) fn run(root: &Path, program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("$ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("cannot start {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test(root: &Path, no_lint: bool, nextest_args: &[String]) -> Result<()> {
+    deps::ensure()?;
+    if !no_lint {
+        run(root, "cargo", &["fmt", "--all", "--check"])?;
+        run(
+            root,
+            "cargo",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )?;
+    }
+    // nextest runs every test in its own process: SoftHSM2 and pcscd fixtures stay private.
+    let mut args = vec!["nextest", "run", "--workspace", "--all-features", "--no-fail-fast"];
+    args.extend(nextest_args.iter().map(String::as_str));
+    run(root, "cargo", &args)?;
+    if nextest_args.is_empty() {
+        run(root, "cargo", &["test", "--workspace", "--doc", "--all-features"])?;
+    }
+    Ok(())
+}
+
+fn bench(root: &Path, which: Bench) -> Result<()> {
+    deps::ensure()?;
+    match which {
+        Bench::Store => run(
+            root,
+            "cargo",
+            &[
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "hsm-store",
+                "--features",
+                "test-support",
+                "--example",
+                "store_bench",
+            ],
+        ),
+    }
+}
+
+fn crdgen(root: &Path) -> Result<()> {
+    run(
+        root,
+        "cargo",
+        &["run", "--quiet", "-p", "hsm-api", "--bin", "crdgen", "--", "--out", "deploy/crds"],
+    )
 }

@@ -1,0 +1,83 @@
+//! Installs what the project needs on a Debian 12 machine, and only what is missing.
+
+use anyhow::{Context, Result, bail};
+use std::process::Command;
+
+/// Debian packages the tests and the demo use: SoftHSM2 (the PKCS#11 token in tests), OpenSC
+/// and its tools (the PKCS#11 module of SmartCard-HSM / Pico HSM cards), pcscd with the CCID
+/// and vpcd reader drivers (the virtual card), and pcsc-tools for debugging.
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "softhsm2",
+    "opensc",
+    "pcscd",
+    "libccid",
+    "vsmartcard-vpcd",
+    "pcsc-tools",
+];
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Installs missing Debian packages (with sudo when not root) and cargo-nextest.
+pub fn ensure() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("installing Debian packages: {}", missing.join(" "));
+        let (program, prefix): (&str, &[&str]) = if is_root() {
+            ("apt-get", &[])
+        } else {
+            ("sudo", &["apt-get"])
+        };
+        let apt = |args: &[&str]| -> Result<()> {
+            let status = Command::new(program)
+                .args(prefix)
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .with_context(|| format!("cannot run {program}"))?;
+            if !status.success() {
+                bail!(
+                    "apt-get {} failed; install these packages by hand: {}",
+                    args.join(" "),
+                    missing.join(" ")
+                );
+            }
+            Ok(())
+        };
+        apt(&["update", "-qq"])?;
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(&missing);
+        apt(&args)?;
+    }
+    let nextest = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !nextest {
+        eprintln!("installing cargo-nextest");
+        crate::run(
+            std::path::Path::new("."),
+            "cargo",
+            &["install", "--locked", "cargo-nextest"],
+        )?;
+    }
+    Ok(())
+}
