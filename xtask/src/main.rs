@@ -7,8 +7,8 @@
 //! * `crdgen` — regenerates `deploy/crds` from the CRD types.
 //! * `deps`  — only installs what is missing.
 
-mod deps;
 mod demo;
+mod deps;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Developer entry points of hsm-secrets-operator")]
+#[command(
+    name = "cargo xtask",
+    about = "Developer entry points of hsm-secrets-operator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -109,11 +112,21 @@ fn test(root: &Path, no_lint: bool, nextest_args: &[String]) -> Result<()> {
         )?;
     }
     // nextest runs every test in its own process: SoftHSM2 and pcscd fixtures stay private.
-    let mut args = vec!["nextest", "run", "--workspace", "--all-features", "--no-fail-fast"];
+    let mut args = vec![
+        "nextest",
+        "run",
+        "--workspace",
+        "--all-features",
+        "--no-fail-fast",
+    ];
     args.extend(nextest_args.iter().map(String::as_str));
     run(root, "cargo", &args)?;
     if nextest_args.is_empty() {
-        run(root, "cargo", &["test", "--workspace", "--doc", "--all-features"])?;
+        run(
+            root,
+            "cargo",
+            &["test", "--workspace", "--doc", "--all-features"],
+        )?;
     }
     Ok(())
 }
@@ -143,6 +156,16 @@ fn crdgen(root: &Path) -> Result<()> {
     run(
         root,
         "cargo",
-        &["run", "--quiet", "-p", "hsm-api", "--bin", "crdgen", "--", "--out", "deploy/crds"],
+        &[
+            "run",
+            "--quiet",
+            "-p",
+            "hsm-api",
+            "--bin",
+            "crdgen",
+            "--",
+            "--out",
+            "deploy/crds",
+        ],
     )
 }
