@@ -20,20 +20,54 @@ pub const TEST_PIN: &str = "1234";
 pub const TEST_SO_PIN: &str = "12345678";
 
 struct ProcessTokenDir {
-    _dir: tempfile::TempDir,
+    dir: PathBuf,
     conf: PathBuf,
 }
 
+/// Prefix of the per-process token directories, followed by the process id.
+const DIR_PREFIX: &str = "hsm-store-softhsm-";
+
+/// Removes token directories of processes that are gone (a killed test cannot clean up).
+fn sweep_dead_process_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Removes this process's token directory when the process exits (statics are not dropped).
+// SAFETY (for `unsafe`): runs from the C runtime's exit handlers; it only reads a OnceLock
+// and removes files, touching no state that Rust's runtime tears down before it.
+#[allow(unsafe_code)]
+#[dtor::dtor(unsafe)]
+fn remove_process_token_dir() {
+    if let Some(dir) = PROCESS_DIR.get() {
+        let _ = std::fs::remove_dir_all(&dir.dir);
+    }
+}
+
+static PROCESS_DIR: OnceLock<ProcessTokenDir> = OnceLock::new();
+
 fn process_token_dir() -> &'static ProcessTokenDir {
-    static DIR: OnceLock<ProcessTokenDir> = OnceLock::new();
-    DIR.get_or_init(|| {
+    PROCESS_DIR.get_or_init(|| {
+        sweep_dead_process_dirs();
         let dir = tempfile::Builder::new()
-            .prefix("hsm-store-softhsm-")
+            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
-            .expect("create a temporary token directory");
-        let tokens = dir.path().join("tokens");
+            .expect("create a temporary token directory")
+            .keep();
+        let tokens = dir.join("tokens");
         std::fs::create_dir(&tokens).expect("create the token directory");
-        let conf = dir.path().join("softhsm2.conf");
+        let conf = dir.join("softhsm2.conf");
         std::fs::write(
             &conf,
             format!(
@@ -49,7 +83,7 @@ fn process_token_dir() -> &'static ProcessTokenDir {
         unsafe {
             std::env::set_var("SOFTHSM2_CONF", &conf)
         };
-        ProcessTokenDir { _dir: dir, conf }
+        ProcessTokenDir { dir, conf }
     })
 }
 

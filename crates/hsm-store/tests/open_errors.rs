@@ -9,8 +9,8 @@ use secrecy::SecretString;
 fn a_wrong_pin_is_its_own_error_and_is_not_shown() {
     let hsm = SoftHsm::new();
     let pin = "98765-wrong";
-    let err = Pkcs11Token::open(&hsm.module, &hsm.selector(), &SecretString::from(pin))
-        .unwrap_err();
+    let err =
+        Pkcs11Token::open(&hsm.module, &hsm.selector(), &SecretString::from(pin)).unwrap_err();
     assert!(matches!(err, StoreError::PinIncorrect), "{err:?}");
     assert!(!format!("{err} {err:?}").contains(pin));
     // The right PIN still works afterwards.
@@ -27,7 +27,10 @@ fn a_missing_token_names_what_is_there() {
     )
     .unwrap_err();
     match err {
-        StoreError::TokenNotFound { selector, available } => {
+        StoreError::TokenNotFound {
+            selector,
+            available,
+        } => {
             assert!(selector.contains("no-such-token"));
             assert!(available.contains(&hsm.label), "{available}");
         }
