@@ -12,8 +12,8 @@ use crate::error::{Result, StoreError};
 use crate::index::{Changes, Entry, Index, ObjRef, RescanReport, SecretSummary};
 use crate::journal::{self, Journal, Seen};
 use crate::layout::{
-    APPLICATION, DATA_KEY, DataType, LabelResolver, Placement, journal_label, metadata_label,
-    value_label,
+    APPLICATION, DATA_KEY, DataType, JOURNAL_PREFIX, LabelResolver, Placement, journal_label,
+    metadata_label, value_label,
 };
 use crate::metadata::{MetadataChange, SYNC_DELETED, SYNC_TIMESTAMP, SYNC_VERSION, SecretMetadata};
 use crate::name::{validate_key, validate_name};
@@ -76,6 +76,8 @@ pub struct Store<T: Token> {
     index: RwLock<Index>,
     /// Set while a write is under way or after one failed: the token may not match the index.
     needs_recovery: AtomicBool,
+    /// Cleared once the module refuses to relabel; journals are then copied into place.
+    relabel_supported: AtomicBool,
 }
 
 impl<T: Token> std::fmt::Debug for Store<T> {
@@ -88,12 +90,11 @@ impl<T: Token> std::fmt::Debug for Store<T> {
     }
 }
 
-/// One object a write wants on the token.
+/// One value object a write wants on the token.
 struct Planned<'a> {
     label: String,
-    /// `None` for the metadata object.
-    key: Option<&'a str>,
-    value: std::borrow::Cow<'a, [u8]>,
+    key: &'a str,
+    value: &'a [u8],
     data_type: DataType,
     digest: [u8; 32],
 }
@@ -105,6 +106,7 @@ impl<T: Token> Store<T> {
             token,
             index: RwLock::new(Index::default()),
             needs_recovery: AtomicBool::new(false),
+            relabel_supported: AtomicBool::new(true),
         };
         let scanned = store.scan()?;
         store.index.write().install(scanned);
@@ -116,11 +118,27 @@ impl<T: Token> Store<T> {
         &self.token
     }
 
-    /// Reads every object of the application, resolves journals, and builds index entries.
+    /// Reads every object of the application, resolves journals of interrupted writes (then
+    /// reads again), and builds index entries.
     fn scan(&self) -> Result<BTreeMap<String, Entry>> {
+        for _ in 0..3 {
+            let objects = self.read_all()?;
+            let resolver = LabelResolver::new(objects.iter().map(|(_, o)| o.label.as_str()));
+            if !self.resolve_journals(&objects, &resolver)? {
+                return Ok(Self::entries_from(&objects, &resolver));
+            }
+        }
+        Err(StoreError::Malformed {
+            label: JOURNAL_PREFIX.to_owned(),
+            reason: "write journals remain after three recovery passes".into(),
+        })
+    }
+
+    /// Every object of the application, with label and value.
+    fn read_all(&self) -> Result<Vec<(Handle, StoredObject)>> {
         let mut handles = self.token.find(APPLICATION, None)?;
         handles.sort_unstable();
-        let mut objects: Vec<(Handle, StoredObject)> = Vec::with_capacity(handles.len());
+        let mut objects = Vec::with_capacity(handles.len());
         for handle in handles {
             match self.token.read(handle) {
                 Ok(object) => objects.push((handle, object)),
@@ -128,12 +146,18 @@ impl<T: Token> Store<T> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let resolver = LabelResolver::new(objects.iter().map(|(_, o)| o.label.as_str()));
-        let destroyed = self.resolve_journals(&objects, &resolver)?;
+        Ok(objects)
+    }
 
+    /// Groups objects into secrets. Duplicates of a label (left by foreign tools) are kept
+    /// aside for the next write of the secret to remove.
+    fn entries_from(
+        objects: &[(Handle, StoredObject)],
+        resolver: &LabelResolver,
+    ) -> BTreeMap<String, Entry> {
         let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
         let mut values: BTreeMap<String, Vec<(String, &[u8])>> = BTreeMap::new();
-        for (handle, object) in objects.iter().filter(|(h, _)| !destroyed.contains(h)) {
+        for (handle, object) in objects {
             let obj = ObjRef {
                 handle: *handle,
                 digest: value_digest(&object.value),
@@ -164,63 +188,110 @@ impl<T: Token> Store<T> {
                     }
                 }
                 Some(Placement::Journal { .. }) => {}
-                None => {
-                    tracing::warn!(label = %object.label, "ignoring an object whose label names no secret")
-                }
+                None => tracing::warn!(
+                    label = %object.label,
+                    "ignoring an object whose label names no secret"
+                ),
             }
         }
         for (name, entry) in entries.iter_mut() {
             let pairs = values.remove(name).unwrap_or_default();
             entry.checksum = checksum(pairs.iter().map(|(k, v)| (k.as_str(), *v)));
         }
-        Ok(entries)
+        entries
     }
 
-    /// Finishes or undoes every interrupted write; returns the handles it destroyed.
+    /// Finishes or undoes every interrupted write. Returns whether there was any (the caller
+    /// then reads the token again).
     fn resolve_journals(
         &self,
         objects: &[(Handle, StoredObject)],
         resolver: &LabelResolver,
-    ) -> Result<HashSet<Handle>> {
-        let mut destroyed = HashSet::new();
+    ) -> Result<bool> {
+        let mut found = false;
+        let mut destroyed: HashSet<Handle> = HashSet::new();
         for (handle, object) in objects {
             let Some(Placement::Journal { name }) = resolver.place(&object.label) else {
                 continue;
             };
-            match serde_json::from_slice::<Journal>(&object.value) {
-                Ok(journal) => {
-                    let labels = journal.labels();
-                    let seen: Vec<Seen<'_>> = objects
-                        .iter()
-                        .filter(|(h, o)| {
-                            !destroyed.contains(h) && labels.contains(o.label.as_str())
-                        })
-                        .map(|(h, o)| Seen {
-                            handle: *h,
-                            label: &o.label,
-                            digest: hex::encode(value_digest(&o.value)),
-                        })
-                        .collect();
-                    let resolution = journal::resolve(&journal, &seen);
-                    for h in &resolution.destroy {
-                        self.destroy_tolerant(*h)?;
-                        destroyed.insert(*h);
-                    }
-                    tracing::info!(
-                        secret = %name,
-                        outcome = if resolution.forward { "completed" } else { "undone" },
-                        "resolved an interrupted write"
-                    );
+            found = true;
+            let journal = match Journal::decode(&object.value) {
+                Ok(journal) if journal.name == name => journal,
+                Ok(_) | Err(_) => {
+                    tracing::warn!(secret = %name, "removing an unreadable write journal");
+                    self.destroy_tolerant(*handle)?;
+                    continue;
                 }
-                Err(e) => tracing::warn!(
-                    secret = %name, error = %e,
-                    "removing an unreadable write journal"
-                ),
+            };
+            let labels = journal.labels();
+            let seen: Vec<Seen<'_>> = objects
+                .iter()
+                .filter(|(h, o)| !destroyed.contains(h) && labels.contains(o.label.as_str()))
+                .map(|(h, o)| Seen {
+                    handle: *h,
+                    label: &o.label,
+                    digest: value_digest(&o.value),
+                })
+                .collect();
+            let resolution = journal::resolve(&journal, &seen);
+            for h in &resolution.destroy {
+                self.destroy_tolerant(*h)?;
+                destroyed.insert(*h);
             }
-            self.destroy_tolerant(*handle)?;
-            destroyed.insert(*handle);
+            if resolution.forward && journal.becomes_metadata {
+                // A module without relabelling may have copied the journal into place already.
+                let meta_label = metadata_label(&name);
+                let own_digest = value_digest(&object.value);
+                let copied = objects.iter().any(|(h, o)| {
+                    !destroyed.contains(h)
+                        && o.label == meta_label
+                        && value_digest(&o.value) == own_digest
+                });
+                if copied {
+                    self.destroy_tolerant(*handle)?;
+                } else {
+                    self.install_journal(&name, *handle, &object.value)?;
+                }
+            } else {
+                self.destroy_tolerant(*handle)?;
+            }
+            tracing::info!(
+                secret = %name,
+                outcome = if resolution.forward { "completed" } else { "undone" },
+                "resolved an interrupted write"
+            );
         }
-        Ok(destroyed)
+        Ok(found)
+    }
+
+    /// Commits a write: the journal becomes the secret's metadata object, by relabelling it
+    /// (one atomic call) or, where the module cannot relabel, by copying it and destroying it.
+    fn install_journal(&self, name: &str, journal: Handle, bytes: &[u8]) -> Result<ObjRef> {
+        let label = metadata_label(name);
+        let digest = value_digest(bytes);
+        if self.relabel_supported.load(Ordering::SeqCst) {
+            match self.token.relabel(journal, &label) {
+                Ok(()) => {
+                    return Ok(ObjRef {
+                        handle: journal,
+                        digest,
+                    });
+                }
+                Err(e) if e.kind == TokenErrorKind::Unsupported => {
+                    tracing::info!("the module cannot relabel objects; copying journals instead");
+                    self.relabel_supported.store(false, Ordering::SeqCst);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let handle = self.token.create(&NewObject {
+            label: &label,
+            application: APPLICATION,
+            object_id: DataType::Json.oid_der(),
+            value: bytes,
+        })?;
+        self.token.destroy(journal)?;
+        Ok(ObjRef { handle, digest })
     }
 
     fn destroy_tolerant(&self, handle: Handle) -> Result<(), TokenError> {
@@ -241,106 +312,157 @@ impl<T: Token> Store<T> {
         Ok(index)
     }
 
-    /// Makes the token hold exactly `planned` for `name` (plus nothing else of it), through a
-    /// journal when more than one object changes. Returns the new entry, or `None` when the
-    /// token already held exactly that.
+    /// Makes the token hold exactly `values` and `metadata` for `name` (`None` metadata: the
+    /// secret goes), through a journal when more than one call is needed. Returns the new
+    /// entry, or `None` when the token already held exactly that (then no call was made).
     fn apply(
         &self,
         index: &Index,
         name: &str,
-        planned: &[Planned<'_>],
-        metadata: Option<SecretMetadata>,
+        values: &[Planned<'_>],
+        metadata: Option<&SecretMetadata>,
         new_checksum: String,
     ) -> Result<Option<Entry>> {
         let old = index.entries.get(name);
-        let mut old_objects: Vec<(String, ObjRef)> = Vec::new();
-        if let Some(old) = old {
-            old_objects.extend(old.keys.iter().map(|(k, o)| (value_label(name, k), *o)));
-            old_objects.extend(old.metadata_obj.map(|o| (metadata_label(name), o)));
-        }
-        let old_digest = |label: &str| {
-            old_objects
+        let old_values: Vec<(&String, &ObjRef)> =
+            old.map(|o| o.keys.iter().collect()).unwrap_or_default();
+        let old_metadata_obj = old.and_then(|o| o.metadata_obj);
+        let old_digest = |key: &str| {
+            old_values
                 .iter()
-                .find(|(l, _)| l == label)
+                .find(|(k, _)| k.as_str() == key)
                 .map(|(_, o)| o.digest)
         };
-        let creates: Vec<&Planned<'_>> = planned
+        let creates: Vec<&Planned<'_>> = values
             .iter()
-            .filter(|p| old_digest(&p.label) != Some(p.digest))
+            .filter(|p| old_digest(p.key) != Some(p.digest))
             .collect();
-        let mut destroys: Vec<Handle> = old_objects
+        let mut destroys: Vec<Handle> = old_values
             .iter()
-            .filter(|(l, o)| {
-                !planned
+            .filter(|(k, o)| {
+                !values
                     .iter()
-                    .any(|p| p.label == *l && p.digest == o.digest)
+                    .any(|p| p.key == k.as_str() && p.digest == o.digest)
             })
             .map(|(_, o)| o.handle)
             .collect();
         destroys.extend(old.map(|o| o.duplicates.clone()).unwrap_or_default());
-        if creates.is_empty() && destroys.is_empty() {
+        let metadata_changed = match metadata {
+            Some(m) => {
+                old_metadata_obj.is_none() || old.and_then(|o| o.metadata.as_ref()) != Some(m)
+            }
+            None => old_metadata_obj.is_some(),
+        };
+        if creates.is_empty() && destroys.is_empty() && !metadata_changed {
             return Ok(None);
         }
+        let metadata_calls = match (metadata_changed, metadata, old_metadata_obj) {
+            (false, _, _) => 0,
+            (true, Some(_), Some(_)) => 2,
+            (true, _, _) => 1,
+        };
 
         self.needs_recovery.store(true, Ordering::SeqCst);
-        let journal_handle = if creates.len() + destroys.len() > 1 {
+        let mut created: BTreeMap<&str, Handle> = BTreeMap::new();
+        let mut metadata_obj = if metadata_changed {
+            None
+        } else {
+            old_metadata_obj
+        };
+        if creates.len() + destroys.len() + metadata_calls == 1 {
+            // A single call is atomic by itself.
+            if let Some(p) = creates.first() {
+                created.insert(p.key, self.create_value(p)?);
+            } else if let Some(handle) = destroys.first() {
+                self.destroy_tolerant(*handle)?;
+            } else if let Some(m) = metadata {
+                let bytes = m.to_json();
+                let handle = self.token.create(&NewObject {
+                    label: &metadata_label(name),
+                    application: APPLICATION,
+                    object_id: DataType::Json.oid_der(),
+                    value: &bytes,
+                })?;
+                metadata_obj = Some(ObjRef {
+                    handle,
+                    digest: value_digest(&bytes),
+                });
+            } else if let Some(o) = old_metadata_obj {
+                self.destroy_tolerant(o.handle)?;
+            }
+        } else {
+            let meta_label = metadata_label(name);
+            let old_objects = old_values
+                .iter()
+                .map(|(k, o)| (value_label(name, k), &o.digest))
+                .chain(
+                    old_metadata_obj
+                        .as_ref()
+                        .map(|o| (meta_label.clone(), &o.digest)),
+                );
             let journal = Journal::new(
                 name,
-                old_objects.iter().map(|(l, o)| (l.clone(), o.digest)),
-                planned.iter().map(|p| (p.label.clone(), p.digest)),
+                rand::random(),
+                old_objects,
+                values.iter().map(|p| (p.label.clone(), &p.digest)),
+                metadata.is_some(),
             );
-            let label = journal_label(name);
-            Some(self.token.create(&NewObject {
-                label: &label,
+            let bytes = journal.encode(metadata);
+            let journal_handle = self.token.create(&NewObject {
+                label: &journal_label(name),
                 application: APPLICATION,
                 object_id: DataType::Json.oid_der(),
-                value: &journal.to_json(),
-            })?)
-        } else {
-            None
-        };
-        let mut created: BTreeMap<&str, Handle> = BTreeMap::new();
-        for p in &creates {
-            let handle = self.token.create(&NewObject {
-                label: &p.label,
-                application: APPLICATION,
-                object_id: p.data_type.oid_der(),
-                value: &p.value,
+                value: &bytes,
             })?;
-            created.insert(p.label.as_str(), handle);
-        }
-        for handle in destroys {
-            self.destroy_tolerant(handle)?;
-        }
-        if let Some(handle) = journal_handle {
-            self.token.destroy(handle)?;
+            for p in &creates {
+                created.insert(p.key, self.create_value(p)?);
+            }
+            for handle in destroys
+                .iter()
+                .chain(old_metadata_obj.as_ref().map(|o| &o.handle))
+            {
+                self.destroy_tolerant(*handle)?;
+            }
+            if metadata.is_some() {
+                metadata_obj = Some(self.install_journal(name, journal_handle, &bytes)?);
+            } else {
+                self.token.destroy(journal_handle)?;
+            }
         }
         self.needs_recovery.store(false, Ordering::SeqCst);
 
-        let handle_of = |p: &Planned<'_>| ObjRef {
-            handle: created.get(p.label.as_str()).copied().unwrap_or_else(|| {
-                old_objects
-                    .iter()
-                    .find(|(l, _)| *l == p.label)
-                    .map(|(_, o)| o.handle)
-                    .expect("an object not created was kept from the old state")
-            }),
-            digest: p.digest,
-        };
         let mut entry = Entry {
             checksum: new_checksum,
-            metadata,
+            metadata: metadata.cloned(),
+            metadata_obj,
             ..Default::default()
         };
-        for p in planned {
-            match p.key {
-                Some(key) => {
-                    entry.keys.insert(key.to_owned(), handle_of(p));
-                }
-                None => entry.metadata_obj = Some(handle_of(p)),
-            }
+        for p in values {
+            let handle = match created.get(p.key) {
+                Some(h) => *h,
+                None => old
+                    .and_then(|o| o.keys.get(p.key))
+                    .map(|o| o.handle)
+                    .expect("a value not created was kept from the old state"),
+            };
+            entry.keys.insert(
+                p.key.to_owned(),
+                ObjRef {
+                    handle,
+                    digest: p.digest,
+                },
+            );
         }
         Ok(Some(entry))
+    }
+
+    fn create_value(&self, p: &Planned<'_>) -> Result<Handle> {
+        Ok(self.token.create(&NewObject {
+            label: &p.label,
+            application: APPLICATION,
+            object_id: p.data_type.oid_der(),
+            value: p.value,
+        })?)
     }
 
     /// Reads every key of an entry, checking each object is still what the index says.
@@ -363,21 +485,10 @@ impl<T: Token> Store<T> {
     fn plan_value<'a>(name: &str, key: &'a str, value: &'a [u8]) -> Planned<'a> {
         Planned {
             label: value_label(name, key),
-            key: Some(key),
-            value: std::borrow::Cow::Borrowed(value),
+            key,
+            value,
             data_type: DataType::infer(value),
             digest: value_digest(value),
-        }
-    }
-
-    fn plan_metadata<'a>(name: &str, metadata: &SecretMetadata) -> Planned<'a> {
-        let json = metadata.to_json();
-        Planned {
-            label: metadata_label(name),
-            key: None,
-            digest: value_digest(&json),
-            value: std::borrow::Cow::Owned(json),
-            data_type: DataType::Json,
         }
     }
 
@@ -389,13 +500,12 @@ impl<T: Token> Store<T> {
         data: &SecretData,
         metadata: SecretMetadata,
     ) -> Result<WriteOutcome> {
-        let mut planned: Vec<Planned<'_>> = data
+        let planned: Vec<Planned<'_>> = data
             .iter()
             .map(|(k, v)| Self::plan_value(name, k, v.expose()))
             .collect();
-        planned.push(Self::plan_metadata(name, &metadata));
         let new_checksum = checksum(data.iter().map(|(k, v)| (k.as_str(), v.expose())));
-        match self.apply(index, name, &planned, Some(metadata), new_checksum.clone())? {
+        match self.apply(index, name, &planned, Some(&metadata), new_checksum.clone())? {
             Some(entry) => Ok(WriteOutcome {
                 changed: true,
                 version: index.put(name, entry),

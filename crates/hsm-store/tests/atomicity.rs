@@ -96,11 +96,12 @@ fn run(store: &dyn SecretStore, op: Op) -> Result<(), StoreError> {
     }
 }
 
-/// The states before and after `op`, and how many token calls it makes.
-fn reference(backend: Backend, op: Op) -> (State, State, u64) {
+/// The states before and after `op`, and how many token calls it makes from a freshly
+/// opened store (exactly as in the cut runs).
+fn reference(backend: Backend, op: Op, relabel: bool) -> (State, State, u64) {
     let fresh = Fresh::new(backend);
-    let store = fresh.instrumented();
-    prepare(&store, op);
+    prepare(&fresh.store(), op);
+    let store = reopen_with(&fresh, relabel);
     let before = state(&store, "s");
     let calls = store.token().counts();
     run(&store, op).unwrap();
@@ -118,12 +119,14 @@ fn assert_clean(token: &dyn Token) {
     assert!(journals.is_empty(), "a journal survived recovery");
 }
 
+/// `relabel: false` runs the fallback for modules that cannot relabel objects.
 #[rstest]
 fn every_cut_leaves_old_or_new(
     #[values(Backend::Memory, Backend::SoftHsm)] backend: Backend,
     #[values(Op::Create, Op::OverwriteChangingKeys, Op::Tombstone, Op::Delete)] op: Op,
+    #[values(true, false)] relabel: bool,
 ) {
-    let (before, after, calls) = reference(backend, op);
+    let (before, after, calls) = reference(backend, op, relabel);
     assert_ne!(before, after);
     assert!(calls >= 2, "{op:?} made {calls} calls");
     let mut saw = (0, 0);
@@ -131,6 +134,9 @@ fn every_cut_leaves_old_or_new(
         let fresh = Fresh::new(backend);
         prepare(&fresh.store(), op);
         let token = Arc::new(InstrumentedToken::new(fresh.token()));
+        if !relabel {
+            token.refuse_relabel();
+        }
         let store = Store::open(token.clone()).unwrap();
         token.cut_after(cut);
         assert!(
@@ -139,8 +145,8 @@ fn every_cut_leaves_old_or_new(
         );
         assert!(token.was_cut());
 
-        // As after a crash: a new process opens the token.
-        let reopened = fresh.store();
+        // As after a crash: a new process opens the token (with the same module abilities).
+        let reopened = reopen_with(&fresh, relabel);
         let now = state(&reopened, "s");
         if now == before {
             saw.0 += 1;
@@ -170,12 +176,20 @@ fn every_cut_leaves_old_or_new(
     );
 }
 
+fn reopen_with(fresh: &Fresh, relabel: bool) -> Store<Arc<InstrumentedToken<common::AnyToken>>> {
+    let token = Arc::new(InstrumentedToken::new(fresh.token()));
+    if !relabel {
+        token.refuse_relabel();
+    }
+    Store::open(token).unwrap()
+}
+
 #[rstest]
 fn a_cut_store_heals_in_place(
     #[values(Backend::Memory, Backend::SoftHsm)] backend: Backend,
     #[values(Op::Create, Op::OverwriteChangingKeys, Op::Delete)] op: Op,
 ) {
-    let (before, after, calls) = reference(backend, op);
+    let (before, after, calls) = reference(backend, op, true);
     for cut in 1..=calls {
         let fresh = Fresh::new(backend);
         prepare(&fresh.store(), op);

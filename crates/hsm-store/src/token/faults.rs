@@ -17,6 +17,8 @@ pub struct CallCounts {
     pub create: u64,
     /// `C_DestroyObject`.
     pub destroy: u64,
+    /// `C_SetAttributeValue` (relabel).
+    pub relabel: u64,
     /// `C_GetTokenInfo`.
     pub info: u64,
 }
@@ -24,7 +26,7 @@ pub struct CallCounts {
 impl CallCounts {
     /// All calls.
     pub fn total(&self) -> u64 {
-        self.find + self.read + self.create + self.destroy + self.info
+        self.find + self.read + self.create + self.destroy + self.relabel + self.info
     }
 
     /// The calls made since `earlier`.
@@ -34,6 +36,7 @@ impl CallCounts {
             read: self.read - earlier.read,
             create: self.create - earlier.create,
             destroy: self.destroy - earlier.destroy,
+            relabel: self.relabel - earlier.relabel,
             info: self.info - earlier.info,
         }
     }
@@ -47,8 +50,11 @@ pub struct InstrumentedToken<T> {
     read: AtomicU64,
     create: AtomicU64,
     destroy: AtomicU64,
+    relabel: AtomicU64,
     info: AtomicU64,
     calls: AtomicU64,
+    /// When false, relabelling is refused as a module without it would.
+    relabel_supported: std::sync::atomic::AtomicBool,
     /// 0 = never cut; otherwise the 1-based number of the first failing call.
     cut_at: AtomicU64,
 }
@@ -62,8 +68,10 @@ impl<T: Token> InstrumentedToken<T> {
             read: AtomicU64::new(0),
             create: AtomicU64::new(0),
             destroy: AtomicU64::new(0),
+            relabel: AtomicU64::new(0),
             info: AtomicU64::new(0),
             calls: AtomicU64::new(0),
+            relabel_supported: std::sync::atomic::AtomicBool::new(true),
             cut_at: AtomicU64::new(0),
         }
     }
@@ -71,6 +79,12 @@ impl<T: Token> InstrumentedToken<T> {
     /// From now on, the `n`-th call from now (1-based) and every call after it fail.
     pub fn cut_after(&self, n: u64) {
         self.cut_at.store(self.calls.load(SeqCst) + n, SeqCst);
+    }
+
+    /// Makes relabelling fail with [`TokenErrorKind::Unsupported`], as on modules that cannot
+    /// change `CKA_LABEL`, so the store's fallback path is exercised.
+    pub fn refuse_relabel(&self) {
+        self.relabel_supported.store(false, SeqCst);
     }
 
     /// Removes the cut.
@@ -91,6 +105,7 @@ impl<T: Token> InstrumentedToken<T> {
             read: self.read.load(SeqCst),
             create: self.create.load(SeqCst),
             destroy: self.destroy.load(SeqCst),
+            relabel: self.relabel.load(SeqCst),
             info: self.info.load(SeqCst),
         }
     }
@@ -130,6 +145,16 @@ impl<T: Token> Token for InstrumentedToken<T> {
     fn destroy(&self, handle: Handle) -> Result<(), TokenError> {
         self.enter(&self.destroy, "C_DestroyObject")?;
         self.inner.destroy(handle)
+    }
+    fn relabel(&self, handle: Handle, label: &str) -> Result<(), TokenError> {
+        self.enter(&self.relabel, "C_SetAttributeValue")?;
+        if !self.relabel_supported.load(SeqCst) {
+            return Err(TokenError {
+                call: "C_SetAttributeValue",
+                kind: TokenErrorKind::Unsupported,
+            });
+        }
+        self.inner.relabel(handle, label)
     }
     fn info(&self) -> Result<TokenInfo, TokenError> {
         self.enter(&self.info, "C_GetTokenInfo")?;

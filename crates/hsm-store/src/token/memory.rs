@@ -96,6 +96,19 @@ impl Token for MemoryToken {
         }
     }
 
+    fn relabel(&self, handle: Handle, label: &str) -> Result<(), TokenError> {
+        match self.state.lock().objects.get_mut(&handle) {
+            Some(object) => {
+                object.label = label.to_owned();
+                Ok(())
+            }
+            None => Err(TokenError {
+                call: "C_SetAttributeValue",
+                kind: TokenErrorKind::ObjectGone,
+            }),
+        }
+    }
+
     fn info(&self) -> Result<TokenInfo, TokenError> {
         Ok(TokenInfo {
             label: "memory".into(),

@@ -75,6 +75,8 @@ pub enum TokenErrorKind {
     TokenLost,
     /// The object no longer exists (another writer removed it).
     ObjectGone,
+    /// The module does not allow this (e.g. relabelling an object).
+    Unsupported,
     /// A fault injected by [`InstrumentedToken`].
     Injected,
     /// Any other return value, by name.
@@ -110,6 +112,9 @@ pub trait Token: Send + Sync {
     fn create(&self, object: &NewObject<'_>) -> Result<Handle, TokenError>;
     /// `C_DestroyObject`.
     fn destroy(&self, handle: Handle) -> Result<(), TokenError>;
+    /// `C_SetAttributeValue` of `CKA_LABEL`: one atomic step, which is how a write commits.
+    /// [`TokenErrorKind::Unsupported`] when the module cannot relabel objects.
+    fn relabel(&self, handle: Handle, label: &str) -> Result<(), TokenError>;
     /// `C_GetTokenInfo`.
     fn info(&self) -> Result<TokenInfo, TokenError>;
 }
@@ -126,6 +131,9 @@ impl<T: Token + ?Sized> Token for Arc<T> {
     }
     fn destroy(&self, handle: Handle) -> Result<(), TokenError> {
         (**self).destroy(handle)
+    }
+    fn relabel(&self, handle: Handle, label: &str) -> Result<(), TokenError> {
+        (**self).relabel(handle, label)
     }
     fn info(&self) -> Result<TokenInfo, TokenError> {
         (**self).info()

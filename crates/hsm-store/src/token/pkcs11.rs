@@ -342,6 +342,15 @@ impl Token for Pkcs11Token {
         })
     }
 
+    fn relabel(&self, handle: Handle, label: &str) -> Result<(), TokenError> {
+        self.with_session("C_SetAttributeValue", |s| {
+            s.update_attributes(
+                object_handle(handle),
+                &[Attribute::Label(label.as_bytes().to_vec())],
+            )
+        })
+    }
+
     fn info(&self) -> Result<TokenInfo, TokenError> {
         self.module
             .ctx
@@ -375,6 +384,9 @@ fn map_error(call: &'static str, error: CkError) -> TokenError {
             | RvError::UserNotLoggedIn
             | RvError::CryptokiNotInitialized => TokenErrorKind::TokenLost,
             RvError::ObjectHandleInvalid => TokenErrorKind::ObjectGone,
+            RvError::AttributeReadOnly
+            | RvError::FunctionNotSupported
+            | RvError::ActionProhibited => TokenErrorKind::Unsupported,
             other => TokenErrorKind::Other(format!("{other:?}")),
         },
         other => TokenErrorKind::Other(other.to_string()),
