@@ -284,12 +284,7 @@ impl<T: Token> Store<T> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let handle = self.token.create(&NewObject {
-            label: &label,
-            application: APPLICATION,
-            object_id: DataType::Json.oid_der(),
-            value: bytes,
-        })?;
+        let handle = self.create_json(&label, bytes)?;
         self.token.destroy(journal)?;
         Ok(ObjRef { handle, digest })
     }
@@ -377,12 +372,7 @@ impl<T: Token> Store<T> {
                 self.destroy_tolerant(*handle)?;
             } else if let Some(m) = metadata {
                 let bytes = m.to_json();
-                let handle = self.token.create(&NewObject {
-                    label: &metadata_label(name),
-                    application: APPLICATION,
-                    object_id: DataType::Json.oid_der(),
-                    value: &bytes,
-                })?;
+                let handle = self.create_json(&metadata_label(name), &bytes)?;
                 metadata_obj = Some(ObjRef {
                     handle,
                     digest: value_digest(&bytes),
@@ -408,12 +398,7 @@ impl<T: Token> Store<T> {
                 metadata.is_some(),
             );
             let bytes = journal.encode(metadata);
-            let journal_handle = self.token.create(&NewObject {
-                label: &journal_label(name),
-                application: APPLICATION,
-                object_id: DataType::Json.oid_der(),
-                value: &bytes,
-            })?;
+            let journal_handle = self.create_json(&journal_label(name), &bytes)?;
             for p in &creates {
                 created.insert(p.key, self.create_value(p)?);
             }
@@ -454,6 +439,16 @@ impl<T: Token> Store<T> {
             );
         }
         Ok(Some(entry))
+    }
+
+    /// Creates an object holding JSON (metadata or a journal).
+    fn create_json(&self, label: &str, bytes: &[u8]) -> Result<Handle> {
+        Ok(self.token.create(&NewObject {
+            label,
+            application: APPLICATION,
+            object_id: DataType::Json.oid_der(),
+            value: bytes,
+        })?)
     }
 
     fn create_value(&self, p: &Planned<'_>) -> Result<Handle> {
