@@ -224,6 +224,11 @@ impl Pkcs11Token {
     /// Opens a read-write session on the selected token and logs in as the user.
     ///
     /// A wrong PIN is [`StoreError::PinIncorrect`]: the caller must not try it again.
+    ///
+    /// PKCS#11 login belongs to the token, not the session: while another handle of this
+    /// process holds a logged-in session on the same token, `C_Login` answers
+    /// `CKR_USER_ALREADY_LOGGED_IN` and `pin` is not checked again. Logging out to re-check it
+    /// would break that other handle and spend one of the token's PIN tries.
     pub fn open(module: &Module, selector: &TokenSelector, pin: &SecretString) -> Result<Self> {
         let slot = module.find_slot(selector)?;
         let session = module
