@@ -1,0 +1,341 @@
+//! One device's token session: connect, keep it, lose it, get it back.
+//!
+//! The device connects on demand and after every loss, with exponential backoff. It never
+//! offers the token a PIN that token has refused: a refusal is remembered (see
+//! [`crate::refusals`]) and the device stays not-ready, saying why, until the PIN source holds
+//! a different PIN. When an operation reports the token gone (`CKR_DEVICE_REMOVED`,
+//! `CKR_SESSION_HANDLE_INVALID`, …) the store is dropped and the next attempt re-opens the
+//! token and re-scans it: no process restart.
+
+use crate::pin::PinSource;
+use crate::refusals::Refusals;
+use hsm_store::{Module, Pkcs11Token, SecretStore, Store, StoreError, TokenSelector};
+use parking_lot::Mutex;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The store the device serves.
+pub type DeviceStore = Store<Pkcs11Token>;
+
+/// Where the token is and where the agent keeps its state.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// The PKCS#11 module.
+    pub module: PathBuf,
+    /// Which token of it.
+    pub selector: TokenSelector,
+    /// Where refused PINs are remembered across restarts (`None`: in memory only).
+    pub state_dir: Option<PathBuf>,
+    /// First wait after a failed attempt; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+}
+
+impl DeviceConfig {
+    /// A configuration with the default backoff (1 s doubling to 60 s).
+    pub fn new(module: impl Into<PathBuf>, selector: TokenSelector) -> Self {
+        DeviceConfig {
+            module: module.into(),
+            selector,
+            state_dir: None,
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the device cannot serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReadyReason {
+    /// Not connected yet, or between attempts.
+    Connecting,
+    /// The token refused the current PIN; waiting for a different one.
+    PinRefused,
+    /// The token's PIN is locked; it needs the SO PIN.
+    PinLocked,
+    /// The PIN source has no usable PIN.
+    PinUnavailable,
+    /// The module could not be loaded.
+    ModuleUnavailable,
+    /// No token matches the selector (card not inserted, wrong label).
+    TokenAbsent,
+    /// The token went away during an operation.
+    TokenLost,
+    /// Anything else; the message says what.
+    Failed,
+}
+
+impl NotReadyReason {
+    /// A stable name for health bodies and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotReadyReason::Connecting => "Connecting",
+            NotReadyReason::PinRefused => "PinRefused",
+            NotReadyReason::PinLocked => "PinLocked",
+            NotReadyReason::PinUnavailable => "PinUnavailable",
+            NotReadyReason::ModuleUnavailable => "ModuleUnavailable",
+            NotReadyReason::TokenAbsent => "TokenAbsent",
+            NotReadyReason::TokenLost => "TokenLost",
+            NotReadyReason::Failed => "Failed",
+        }
+    }
+}
+
+/// The device's state, for `/readyz` and for callers refused service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Serving.
+    Ready,
+    /// Not serving, and why (the message never holds a PIN or secret).
+    NotReady {
+        /// The kind of trouble.
+        reason: NotReadyReason,
+        /// Details for humans.
+        message: String,
+    },
+}
+
+/// An operation refused or failed by the device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The device is not ready; the caller should answer "unavailable".
+    #[error("device not ready ({}): {message}", reason.as_str())]
+    NotReady {
+        /// Why.
+        reason: NotReadyReason,
+        /// Details.
+        message: String,
+    },
+    /// The store refused or failed the operation (bad input, not found, …).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct State {
+    store: Option<Arc<DeviceStore>>,
+    readiness: Readiness,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+/// One device, shared by every request handler.
+pub struct Device {
+    config: DeviceConfig,
+    pin: Box<dyn PinSource>,
+    refusals: Mutex<Refusals>,
+    state: Mutex<State>,
+    login_attempts: AtomicU64,
+    connections: AtomicU64,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("module", &self.config.module)
+            .field("selector", &self.config.selector)
+            .field("readiness", &self.readiness())
+            .finish()
+    }
+}
+
+impl Device {
+    /// A device that will connect on first use.
+    pub fn new(config: DeviceConfig, pin: Box<dyn PinSource>) -> Self {
+        let refusals = match &config.state_dir {
+            Some(dir) => Refusals::load(dir),
+            None => Refusals::in_memory(),
+        };
+        Device {
+            state: Mutex::new(State {
+                store: None,
+                readiness: Readiness::NotReady {
+                    reason: NotReadyReason::Connecting,
+                    message: "not connected yet".into(),
+                },
+                next_attempt: Instant::now(),
+                backoff: config.min_backoff,
+            }),
+            config,
+            pin,
+            refusals: Mutex::new(refusals),
+            login_attempts: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+        }
+    }
+
+    /// The device's state now.
+    pub fn readiness(&self) -> Readiness {
+        self.state.lock().readiness.clone()
+    }
+
+    /// How many times this device has offered the token a PIN.
+    pub fn login_attempts(&self) -> u64 {
+        self.login_attempts.load(Ordering::SeqCst)
+    }
+
+    /// How many times it connected (1 + the number of recoveries).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connects now if not connected and the backoff allows; returns the state after.
+    pub fn ensure_connected(&self) -> Readiness {
+        self.store_or_connect().map_or_else(
+            |e| match e {
+                DeviceError::NotReady { reason, message } => {
+                    Readiness::NotReady { reason, message }
+                }
+                DeviceError::Store(e) => Readiness::NotReady {
+                    reason: NotReadyReason::Failed,
+                    message: e.to_string(),
+                },
+            },
+            |_| Readiness::Ready,
+        )
+    }
+
+    /// Runs `operation` on the store. A token loss drops the store (the next call reconnects)
+    /// and is reported as not-ready.
+    pub fn with_store<R>(
+        &self,
+        operation: impl FnOnce(&DeviceStore) -> Result<R, StoreError>,
+    ) -> Result<R, DeviceError> {
+        let store = self.store_or_connect()?;
+        match operation(&store) {
+            Err(e) if e.is_token_lost() => {
+                self.lost(&e);
+                Err(DeviceError::NotReady {
+                    reason: NotReadyReason::TokenLost,
+                    message: e.to_string(),
+                })
+            }
+            other => other.map_err(DeviceError::from),
+        }
+    }
+
+    fn lost(&self, error: &StoreError) {
+        let mut state = self.state.lock();
+        if state.store.take().is_some() {
+            tracing::warn!(error = %error, "token lost; reconnecting");
+        }
+        state.readiness = Readiness::NotReady {
+            reason: NotReadyReason::TokenLost,
+            message: error.to_string(),
+        };
+        state.next_attempt = Instant::now();
+        state.backoff = self.config.min_backoff;
+    }
+
+    fn store_or_connect(&self) -> Result<Arc<DeviceStore>, DeviceError> {
+        let mut state = self.state.lock();
+        if let Some(store) = &state.store {
+            return Ok(store.clone());
+        }
+        if Instant::now() < state.next_attempt {
+            return Err(not_ready(&state.readiness));
+        }
+        match self.connect() {
+            Ok(store) => {
+                let store = Arc::new(store);
+                state.store = Some(store.clone());
+                state.readiness = Readiness::Ready;
+                state.backoff = self.config.min_backoff;
+                self.connections.fetch_add(1, Ordering::SeqCst);
+                tracing::info!(secrets = store.entries().len(), "token connected");
+                Ok(store)
+            }
+            Err((reason, message)) => {
+                state.next_attempt = Instant::now() + state.backoff;
+                state.backoff = (state.backoff * 2).min(self.config.max_backoff);
+                let readiness = Readiness::NotReady { reason, message };
+                if readiness != state.readiness {
+                    tracing::warn!(reason = reason.as_str(), "device not ready");
+                }
+                state.readiness = readiness;
+                Err(not_ready(&state.readiness))
+            }
+        }
+    }
+
+    /// One connection attempt.
+    fn connect(&self) -> Result<DeviceStore, (NotReadyReason, String)> {
+        let module = Module::load(&self.config.module)
+            .map_err(|e| (NotReadyReason::ModuleUnavailable, e.to_string()))?;
+        let serial = module
+            .tokens()
+            .ok()
+            .and_then(|tokens| {
+                let slot = module.find_slot(&self.config.selector).ok()?;
+                tokens
+                    .into_iter()
+                    .find(|(s, _)| *s == slot)
+                    .map(|(_, info)| info.serial_number)
+            })
+            .ok_or_else(|| {
+                (
+                    NotReadyReason::TokenAbsent,
+                    format!("no token matches {}", self.config.selector),
+                )
+            })?;
+        let pin = self
+            .pin
+            .current()
+            .map_err(|e| (NotReadyReason::PinUnavailable, e.to_string()))?;
+        if self.refusals.lock().is_refused(&serial, &pin) {
+            return Err((
+                NotReadyReason::PinRefused,
+                format!(
+                    "the token refused the PIN from {}; waiting for a different PIN",
+                    self.pin.describe()
+                ),
+            ));
+        }
+        self.login_attempts.fetch_add(1, Ordering::SeqCst);
+        let token = match Pkcs11Token::open(&module, &self.config.selector, &pin) {
+            Ok(token) => token,
+            Err(StoreError::PinIncorrect) => {
+                if let Err(e) = self.refusals.lock().refuse(&serial, &pin) {
+                    tracing::error!(error = %e, "cannot persist the PIN refusal");
+                }
+                return Err((
+                    NotReadyReason::PinRefused,
+                    format!(
+                        "the token refused the PIN from {}; it will not be tried again",
+                        self.pin.describe()
+                    ),
+                ));
+            }
+            Err(StoreError::PinLocked) => {
+                return Err((NotReadyReason::PinLocked, StoreError::PinLocked.to_string()));
+            }
+            Err(e @ StoreError::TokenNotFound { .. }) => {
+                return Err((NotReadyReason::TokenAbsent, e.to_string()));
+            }
+            Err(e) => return Err((NotReadyReason::Failed, e.to_string())),
+        };
+        Store::open(token).map_err(|e| {
+            let reason = if e.is_token_lost() {
+                NotReadyReason::TokenLost
+            } else {
+                NotReadyReason::Failed
+            };
+            (reason, e.to_string())
+        })
+    }
+}
+
+fn not_ready(readiness: &Readiness) -> DeviceError {
+    match readiness {
+        Readiness::NotReady { reason, message } => DeviceError::NotReady {
+            reason: *reason,
+            message: message.clone(),
+        },
+        Readiness::Ready => DeviceError::NotReady {
+            reason: NotReadyReason::Connecting,
+            message: "reconnecting".into(),
+        },
+    }
+}

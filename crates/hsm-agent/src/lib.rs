@@ -1,0 +1,7 @@
+//! The agent: the only process of hsm-secrets-operator that speaks PKCS#11. It owns one
+//! device's token session, keeps it alive across token loss, never retries a PIN the token
+//! has refused, and (in later modules) serves the store over gRPC.
+
+pub mod device;
+pub mod pin;
+pub mod refusals;
