@@ -3,5 +3,6 @@
 //! has refused, and (in later modules) serves the store over gRPC.
 
 pub mod device;
+pub mod pcscd;
 pub mod pin;
 pub mod refusals;
