@@ -216,6 +216,20 @@ impl Device {
         }
     }
 
+    /// Asks the token itself whether it is there (`C_GetTokenInfo`), reconnecting if needed.
+    pub fn probe(&self) -> Readiness {
+        match self.with_store(|store| store.info()) {
+            Ok(_) => Readiness::Ready,
+            Err(DeviceError::NotReady { reason, message }) => {
+                Readiness::NotReady { reason, message }
+            }
+            Err(DeviceError::Store(e)) => Readiness::NotReady {
+                reason: NotReadyReason::Failed,
+                message: e.to_string(),
+            },
+        }
+    }
+
     fn lost(&self, error: &StoreError) {
         let mut state = self.state.lock();
         if state.store.take().is_some() {

@@ -3,6 +3,7 @@
 //! has refused, and (in later modules) serves the store over gRPC.
 
 pub mod device;
+pub mod health;
 pub mod pcscd;
 pub mod pin;
 pub mod refusals;
