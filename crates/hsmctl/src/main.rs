@@ -1,0 +1,5 @@
+//! `hsmctl`: see the library's documentation.
+
+fn main() -> std::process::ExitCode {
+    hsmctl::main()
+}
