@@ -10,7 +10,9 @@
 use crate::pin::PinSource;
 use crate::refusals::Refusals;
 use hsm_store::{Module, Pkcs11Token, SecretStore, Store, StoreError, TokenSelector};
+
 use parking_lot::Mutex;
+use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,6 +118,8 @@ pub enum DeviceError {
 
 struct State {
     store: Option<Arc<DeviceStore>>,
+    /// The last version of the store that was lost, to number on from.
+    last_version: u64,
     readiness: Readiness,
     next_attempt: Instant,
     backoff: Duration,
@@ -129,6 +133,8 @@ pub struct Device {
     state: Mutex<State>,
     login_attempts: AtomicU64,
     connections: AtomicU64,
+    /// A PIN set through [`Device::change_pin`], used until the PIN source holds it too.
+    pin_override: Mutex<Option<SecretString>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -151,6 +157,7 @@ impl Device {
         Device {
             state: Mutex::new(State {
                 store: None,
+                last_version: 0,
                 readiness: Readiness::NotReady {
                     reason: NotReadyReason::Connecting,
                     message: "not connected yet".into(),
@@ -163,7 +170,43 @@ impl Device {
             refusals: Mutex::new(refusals),
             login_attempts: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            pin_override: Mutex::new(None),
         }
+    }
+
+    /// Changes the token's user PIN. The new PIN is used for reconnecting until the PIN
+    /// source (e.g. the Kubernetes Secret) is updated to hold it.
+    pub fn change_pin(&self, old: &SecretString, new: &SecretString) -> Result<(), DeviceError> {
+        let store = self.store_or_connect()?;
+        match store.token().change_pin(old, new) {
+            Ok(()) => {
+                *self.pin_override.lock() = Some(new.clone());
+                Ok(())
+            }
+            Err(e) if e.is_token_lost() => {
+                self.lost(&e);
+                Err(DeviceError::NotReady {
+                    reason: NotReadyReason::TokenLost,
+                    message: e.to_string(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The PIN to offer: the one set by `change_pin` until the source agrees, else the
+    /// source's.
+    fn current_pin(&self) -> Result<SecretString, crate::pin::PinError> {
+        let from_source = self.pin.current();
+        let mut pin_override = self.pin_override.lock();
+        if let Some(set) = pin_override.as_ref() {
+            if matches!(&from_source, Ok(p) if p.expose_secret() == set.expose_secret()) {
+                *pin_override = None;
+            } else {
+                return Ok(set.clone());
+            }
+        }
+        from_source
     }
 
     /// The device's state now.
@@ -232,7 +275,8 @@ impl Device {
 
     fn lost(&self, error: &StoreError) {
         let mut state = self.state.lock();
-        if state.store.take().is_some() {
+        if let Some(store) = state.store.take() {
+            state.last_version = store.version();
             tracing::warn!(error = %error, "token lost; reconnecting");
         }
         state.readiness = Readiness::NotReady {
@@ -251,7 +295,7 @@ impl Device {
         if Instant::now() < state.next_attempt {
             return Err(not_ready(&state.readiness));
         }
-        match self.connect() {
+        match self.connect(state.last_version) {
             Ok(store) => {
                 let store = Arc::new(store);
                 state.store = Some(store.clone());
@@ -274,8 +318,8 @@ impl Device {
         }
     }
 
-    /// One connection attempt.
-    fn connect(&self) -> Result<DeviceStore, (NotReadyReason, String)> {
+    /// One connection attempt; the store numbers versions on from `previous_version`.
+    fn connect(&self, previous_version: u64) -> Result<DeviceStore, (NotReadyReason, String)> {
         let module = Module::load(&self.config.module)
             .map_err(|e| (NotReadyReason::ModuleUnavailable, e.to_string()))?;
         let serial = module
@@ -295,8 +339,7 @@ impl Device {
                 )
             })?;
         let pin = self
-            .pin
-            .current()
+            .current_pin()
             .map_err(|e| (NotReadyReason::PinUnavailable, e.to_string()))?;
         if self.refusals.lock().is_refused(&serial, &pin) {
             return Err((
@@ -330,7 +373,7 @@ impl Device {
             }
             Err(e) => return Err((NotReadyReason::Failed, e.to_string())),
         };
-        Store::open(token).map_err(|e| {
+        Store::open_continuing(token, previous_version).map_err(|e| {
             let reason = if e.is_token_lost() {
                 NotReadyReason::TokenLost
             } else {

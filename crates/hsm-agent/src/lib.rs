@@ -7,3 +7,5 @@ pub mod health;
 pub mod pcscd;
 pub mod pin;
 pub mod refusals;
+pub mod service;
+pub mod validate;

@@ -114,6 +114,17 @@ pub(crate) struct Index {
 }
 
 impl Index {
+    /// An empty index whose versions continue after `previous`, the last version of an
+    /// earlier store on the same token: asking for changes since any earlier version gets
+    /// `complete: false` (the caller must take a snapshot), never a wrong delta.
+    pub fn continuing_after(previous: u64) -> Index {
+        Index {
+            version: previous,
+            floor: if previous == 0 { 0 } else { previous + 1 },
+            ..Default::default()
+        }
+    }
+
     /// Stores `entry` for `name` at a new version.
     pub fn put(&mut self, name: &str, mut entry: Entry) -> u64 {
         self.version += 1;

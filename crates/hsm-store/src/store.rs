@@ -102,9 +102,16 @@ struct Planned<'a> {
 impl<T: Token> Store<T> {
     /// Opens the store: scans the token once, resolving journals of interrupted writes.
     pub fn open(token: T) -> Result<Self> {
+        Self::open_continuing(token, 0)
+    }
+
+    /// Opens the store again after a loss, numbering versions on from `previous_version`
+    /// (the last version of the store it replaces), so that clients following changes from
+    /// the old store are told to resynchronise instead of receiving a wrong delta.
+    pub fn open_continuing(token: T, previous_version: u64) -> Result<Self> {
         let store = Store {
             token,
-            index: RwLock::new(Index::default()),
+            index: RwLock::new(Index::continuing_after(previous_version)),
             needs_recovery: AtomicBool::new(false),
             relabel_supported: AtomicBool::new(true),
         };

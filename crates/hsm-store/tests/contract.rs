@@ -377,3 +377,27 @@ fn a_stale_index_heals_on_read(#[values(Backend::Memory, Backend::SoftHsm)] back
     // Our index still points at the destroyed object: the read notices and re-scans.
     assert_eq!(text(&ours, "s"), pairs(&[("j", "3"), ("k", "2")]));
 }
+
+#[rstest]
+fn a_reopened_store_numbers_on_and_asks_old_followers_to_resync(
+    #[values(Backend::Memory, Backend::SoftHsm)] backend: Backend,
+) {
+    let fresh = Fresh::new(backend);
+    let first = fresh.store();
+    first
+        .write("a", &secret_data([("k", "1")]), MetadataChange::Keep)
+        .unwrap();
+    first
+        .write("b", &secret_data([("k", "1")]), MetadataChange::Keep)
+        .unwrap();
+    let last = first.version();
+    drop(first);
+    let second = hsm_store::Store::open_continuing(fresh.token(), last).unwrap();
+    assert!(second.version() > last);
+    assert!(
+        !second.changes_since(last).complete,
+        "a follower of the old store must resync"
+    );
+    assert!(!second.changes_since(0).complete);
+    assert!(second.changes_since(second.version()).complete);
+}

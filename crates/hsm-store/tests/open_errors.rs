@@ -65,3 +65,28 @@ fn tokens_are_found_by_serial_too() {
     )
     .unwrap();
 }
+
+#[test]
+fn the_pin_can_be_changed_and_a_wrong_old_pin_is_refused() {
+    let hsm = SoftHsm::new();
+    let token = hsm.open().unwrap();
+    let err = token
+        .change_pin(&SecretString::from("0000"), &SecretString::from("5555"))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::PinIncorrect), "{err:?}");
+    token
+        .change_pin(
+            &SecretString::from(hsm_store::testing::TEST_PIN),
+            &SecretString::from("5555"),
+        )
+        .unwrap();
+    drop(token);
+    let err = Pkcs11Token::open(
+        &hsm.module,
+        &hsm.selector(),
+        &SecretString::from(hsm_store::testing::TEST_PIN),
+    )
+    .unwrap_err();
+    assert!(matches!(err, StoreError::PinIncorrect), "{err:?}");
+    Pkcs11Token::open(&hsm.module, &hsm.selector(), &SecretString::from("5555")).unwrap();
+}

@@ -249,6 +249,18 @@ impl Pkcs11Token {
         })
     }
 
+    /// Changes the user PIN (`C_SetPIN` in a logged-in session). A wrong old PIN is
+    /// [`StoreError::PinIncorrect`] and costs one of the token's tries.
+    pub fn change_pin(&self, old: &SecretString, new: &SecretString) -> Result<()> {
+        self.with_session("C_SetPIN", |s| {
+            s.set_pin(
+                &AuthPin::new(old.expose_secret().into()),
+                &AuthPin::new(new.expose_secret().into()),
+            )
+        })
+        .map_err(map_login_error)
+    }
+
     /// The slot the token is in.
     pub fn slot(&self) -> Slot {
         self.slot

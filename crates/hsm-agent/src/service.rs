@@ -1,0 +1,404 @@
+//! The `hsm.v1.HSMAgent` gRPC service over one [`Device`].
+//!
+//! Status codes follow the Go agent: `InvalidArgument` for bad input (naming the field),
+//! `NotFound` for a missing secret, `Unavailable` while the token is not connected,
+//! `Internal` otherwise. Token calls run on blocking threads; reads run concurrently and the
+//! store serialises writes. Listing, checksums and the index never touch the token.
+//!
+//! `WatchChanges` is event-driven: every write through the service, every re-scan and every
+//! recovery wakes the streams, which send what changed since they last looked (from the
+//! index), or a `Resync` when a re-scan or a reconnection makes versions incomparable.
+
+use crate::device::{Device, DeviceError, DeviceStore, Readiness};
+use crate::validate::{self, Invalid};
+use hsm_proto::v1::hsm_agent_server::HsmAgent;
+use hsm_proto::v1::*;
+use hsm_store::{MetadataChange, SecretStore, SecretSummary, StoreError};
+use secrecy::SecretString;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// What wakes change streams: the store version after a write, and an epoch that moves on
+/// every re-scan (after which versions are compared afresh).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Signal {
+    writes: u64,
+    epoch: u64,
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct AgentService {
+    device: Arc<Device>,
+    signal: watch::Sender<Signal>,
+    /// How often an idle change stream looks at the index anyway.
+    poll: Duration,
+}
+
+impl AgentService {
+    /// The service for `device`.
+    pub fn new(device: Arc<Device>) -> Self {
+        AgentService {
+            device,
+            signal: watch::Sender::new(Signal::default()),
+            poll: Duration::from_secs(5),
+        }
+    }
+
+    /// The device served.
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    /// Re-scans the token for changes other writers made, and tells change streams to
+    /// resynchronise. The agent calls this on a slow timer.
+    pub async fn rescan(&self) -> Result<hsm_store::RescanReport, Status> {
+        let report = self.blocking(|store| store.rescan()).await?;
+        self.signal.send_modify(|s| s.epoch += 1);
+        Ok(report)
+    }
+
+    /// Runs a store operation on a blocking thread.
+    async fn blocking<R: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&DeviceStore) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, Status> {
+        let device = self.device.clone();
+        tokio::task::spawn_blocking(move || device.with_store(operation))
+            .await
+            .map_err(|e| Status::internal(format!("agent task failed: {e}")))?
+            .map_err(status)
+    }
+
+    fn wrote(&self) {
+        self.signal.send_modify(|s| s.writes += 1);
+    }
+}
+
+/// The gRPC status of a device error. Messages carry names, never values or PINs.
+pub fn status(error: DeviceError) -> Status {
+    match error {
+        DeviceError::NotReady { reason, message } => Status::unavailable(format!(
+            "HSM not connected ({}): {message}",
+            reason.as_str()
+        )),
+        DeviceError::Store(e) => match &e {
+            StoreError::InvalidName { .. }
+            | StoreError::InvalidKey { .. }
+            | StoreError::LabelConflict { .. } => Status::invalid_argument(e.to_string()),
+            StoreError::NotFound(_) | StoreError::KeyNotFound { .. } => {
+                Status::not_found(e.to_string())
+            }
+            StoreError::PinIncorrect | StoreError::PinLocked | StoreError::PinInvalid(_) => {
+                Status::permission_denied(e.to_string())
+            }
+            _ if e.is_token_lost() => Status::unavailable(e.to_string()),
+            _ => Status::internal(e.to_string()),
+        },
+    }
+}
+
+fn bad(invalid: Invalid) -> Status {
+    Status::invalid_argument(invalid.to_string())
+}
+
+fn to_proto_metadata(m: hsm_store::SecretMetadata) -> SecretMetadata {
+    SecretMetadata {
+        description: m.description,
+        labels: m.labels.into_iter().collect(),
+        format: m.format,
+        data_type: m.data_type,
+        created_at: m.created_at,
+        source: m.source,
+    }
+}
+
+fn from_proto_metadata(m: SecretMetadata) -> hsm_store::SecretMetadata {
+    hsm_store::SecretMetadata {
+        description: m.description,
+        labels: m.labels.into_iter().collect(),
+        format: m.format,
+        data_type: m.data_type,
+        created_at: m.created_at,
+        source: m.source,
+    }
+}
+
+/// An index entry on the wire.
+pub fn entry(summary: SecretSummary) -> IndexEntry {
+    IndexEntry {
+        name: summary.name,
+        keys: summary.keys,
+        checksum: if summary.has_data {
+            summary.checksum
+        } else {
+            String::new()
+        },
+        version: summary.version,
+        tombstone: summary.tombstone,
+        sync_version: summary.sync_version,
+        sync_timestamp: summary.sync_timestamp,
+        has_data: summary.has_data,
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl HsmAgent for AgentService {
+    async fn get_info(&self, _: Request<GetInfoRequest>) -> Reply<GetInfoResponse> {
+        let info = self.blocking(|store| store.info()).await?;
+        Ok(Response::new(GetInfoResponse {
+            hsm_info: Some(HsmInfo {
+                label: info.label,
+                manufacturer: info.manufacturer,
+                model: info.model,
+                serial_number: info.serial_number,
+                firmware_version: info.firmware_version,
+            }),
+        }))
+    }
+
+    async fn read_secret(&self, request: Request<ReadSecretRequest>) -> Reply<ReadSecretResponse> {
+        let path = request.into_inner().path;
+        validate::read_path(&path).map_err(bad)?;
+        let data = self.blocking(move |store| store.read(&path)).await?;
+        let data: HashMap<String, Vec<u8>> = data
+            .into_iter()
+            .map(|(k, v)| (k, v.expose().to_vec()))
+            .collect();
+        Ok(Response::new(ReadSecretResponse {
+            secret_data: Some(hsm_proto::v1::SecretData { data }),
+        }))
+    }
+
+    async fn write_secret(
+        &self,
+        request: Request<WriteSecretRequest>,
+    ) -> Reply<WriteSecretResponse> {
+        let request = request.into_inner();
+        validate::write_path(&request.path).map_err(bad)?;
+        let data = request
+            .secret_data
+            .ok_or_else(|| Status::invalid_argument("secret_data: required"))?;
+        validate::secret_data(&request.path, &data).map_err(bad)?;
+        if let Some(m) = &request.metadata {
+            validate::metadata(m).map_err(bad)?;
+        }
+        let change = match request.metadata {
+            Some(m) => MetadataChange::Replace(from_proto_metadata(m)),
+            None => MetadataChange::Keep,
+        };
+        let path = request.path;
+        let data: hsm_store::SecretData = data
+            .data
+            .into_iter()
+            .map(|(k, v)| (k, hsm_store::SecretValue::new(v)))
+            .collect();
+        let outcome = self
+            .blocking(move |store| store.write(&path, &data, change))
+            .await?;
+        if outcome.changed {
+            self.wrote();
+        }
+        Ok(Response::new(WriteSecretResponse {}))
+    }
+
+    async fn read_metadata(
+        &self,
+        request: Request<ReadMetadataRequest>,
+    ) -> Reply<ReadMetadataResponse> {
+        let path = request.into_inner().path;
+        validate::read_path(&path).map_err(bad)?;
+        let metadata = self.blocking(move |store| store.metadata(&path)).await?;
+        Ok(Response::new(ReadMetadataResponse {
+            metadata: Some(to_proto_metadata(metadata)),
+        }))
+    }
+
+    async fn delete_secret(
+        &self,
+        request: Request<DeleteSecretRequest>,
+    ) -> Reply<DeleteSecretResponse> {
+        let DeleteSecretRequest { path, key } = request.into_inner();
+        validate::read_path(&path).map_err(bad)?;
+        self.blocking(move |store| {
+            if key.is_empty() {
+                store.delete(&path)
+            } else {
+                store.delete_key(&path, &key)
+            }
+        })
+        .await?;
+        self.wrote();
+        Ok(Response::new(DeleteSecretResponse {}))
+    }
+
+    async fn list_secrets(
+        &self,
+        request: Request<ListSecretsRequest>,
+    ) -> Reply<ListSecretsResponse> {
+        let prefix = request.into_inner().prefix;
+        let paths = self.blocking(move |store| Ok(store.list(&prefix))).await?;
+        Ok(Response::new(ListSecretsResponse { paths }))
+    }
+
+    async fn get_checksum(
+        &self,
+        request: Request<GetChecksumRequest>,
+    ) -> Reply<GetChecksumResponse> {
+        let path = request.into_inner().path;
+        validate::read_path(&path).map_err(bad)?;
+        let checksum = self.blocking(move |store| store.checksum(&path)).await?;
+        Ok(Response::new(GetChecksumResponse { checksum }))
+    }
+
+    async fn is_connected(&self, _: Request<IsConnectedRequest>) -> Reply<IsConnectedResponse> {
+        Ok(Response::new(IsConnectedResponse {
+            connected: self.device.readiness() == Readiness::Ready,
+        }))
+    }
+
+    async fn health(&self, _: Request<HealthRequest>) -> Reply<HealthResponse> {
+        let (status, message) = match self.device.readiness() {
+            Readiness::Ready => ("healthy".to_owned(), "Agent is running normally".to_owned()),
+            Readiness::NotReady { reason, message } => (
+                "degraded".to_owned(),
+                format!("HSM client not connected ({}): {message}", reason.as_str()),
+            ),
+        };
+        Ok(Response::new(HealthResponse { status, message }))
+    }
+
+    async fn change_pin(&self, request: Request<ChangePinRequest>) -> Reply<ChangePinResponse> {
+        let ChangePinRequest { old_pin, new_pin } = request.into_inner();
+        if old_pin.is_empty() {
+            return Err(Status::invalid_argument("old_pin: required"));
+        }
+        if new_pin.is_empty() {
+            return Err(Status::invalid_argument("new_pin: required"));
+        }
+        if old_pin == new_pin {
+            return Err(Status::invalid_argument(
+                "new_pin: must differ from old_pin",
+            ));
+        }
+        let (old, new) = (SecretString::from(old_pin), SecretString::from(new_pin));
+        let device = self.device.clone();
+        tokio::task::spawn_blocking(move || device.change_pin(&old, &new))
+            .await
+            .map_err(|e| Status::internal(format!("agent task failed: {e}")))?
+            .map_err(status)?;
+        Ok(Response::new(ChangePinResponse {}))
+    }
+
+    async fn get_index(&self, _: Request<GetIndexRequest>) -> Reply<GetIndexResponse> {
+        let (entries, version) = self
+            .blocking(|store| Ok((store.entries(), store.version())))
+            .await?;
+        let serial_number = self
+            .blocking(|store| store.info())
+            .await
+            .map(|i| i.serial_number)
+            .unwrap_or_default();
+        Ok(Response::new(GetIndexResponse {
+            entries: entries.into_iter().map(entry).collect(),
+            version,
+            serial_number,
+        }))
+    }
+
+    type WatchChangesStream = ReceiverStream<Result<ChangeEvent, Status>>;
+
+    async fn watch_changes(
+        &self,
+        request: Request<WatchChangesRequest>,
+    ) -> Reply<Self::WatchChangesStream> {
+        let since = request.into_inner().since_version;
+        // Fail at once, not inside the stream, when the token is not there.
+        self.blocking(|_| Ok(())).await?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(follow(self.clone(), since, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn event(event: change_event::Event) -> Result<ChangeEvent, Status> {
+    Ok(ChangeEvent { event: Some(event) })
+}
+
+/// Feeds one change stream until the client goes away.
+async fn follow(service: AgentService, since: u64, tx: mpsc::Sender<Result<ChangeEvent, Status>>) {
+    let mut signals = service.signal.subscribe();
+    let mut epoch = signals.borrow_and_update().epoch;
+    let mut connections = service.device.connections();
+    let mut last = since;
+    loop {
+        let connected_now = service.device.connections();
+        let new_epoch = signals.borrow_and_update().epoch;
+        let mut outgoing = Vec::new();
+        if connected_now != connections || new_epoch != epoch {
+            // A new store (reconnection) or a re-scan: versions start afresh.
+            let reason = if connected_now != connections {
+                "recovered"
+            } else {
+                "rescan"
+            };
+            connections = connected_now;
+            epoch = new_epoch;
+            match service.blocking(|store| Ok(store.version())).await {
+                Ok(version) => {
+                    last = version;
+                    outgoing.push(event(change_event::Event::Resync(Resync {
+                        version,
+                        reason: reason.into(),
+                    })));
+                }
+                Err(status) => outgoing.push(Err(status)),
+            }
+        } else {
+            match service
+                .blocking(move |store| Ok(store.changes_since(last)))
+                .await
+            {
+                Ok(changes) if !changes.complete => {
+                    last = changes.version;
+                    outgoing.push(event(change_event::Event::Resync(Resync {
+                        version: changes.version,
+                        reason: "history".into(),
+                    })));
+                }
+                Ok(changes) => {
+                    for summary in changes.changed {
+                        outgoing.push(event(change_event::Event::Upsert(entry(summary))));
+                    }
+                    for name in changes.removed {
+                        outgoing.push(event(change_event::Event::Removed(Removed {
+                            name,
+                            version: changes.version,
+                        })));
+                    }
+                    last = changes.version;
+                }
+                // Not connected: the stream ends with this status; the client follows
+                // again (from a fresh GetIndex) once the agent is back.
+                Err(status) => outgoing.push(Err(status)),
+            }
+        }
+        for item in outgoing {
+            let last_item = item.is_err();
+            if tx.send(item).await.is_err() || last_item {
+                return;
+            }
+        }
+        tokio::select! {
+            changed = signals.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(service.poll) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
