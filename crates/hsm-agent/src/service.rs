@@ -49,6 +49,13 @@ impl AgentService {
         }
     }
 
+    /// Sets how often an idle change stream looks at the index without being woken (a
+    /// safety net: writes, re-scans and recoveries wake streams at once).
+    pub fn with_poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
     /// The device served.
     pub fn device(&self) -> &Arc<Device> {
         &self.device

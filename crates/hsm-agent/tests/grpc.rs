@@ -22,7 +22,8 @@ async fn serve(hsm: &SoftHsm, pin: &str) -> (HsmAgentClient<Channel>, AgentServi
         },
         Box::new(FixedPin(pin.into())),
     ));
-    let service = AgentService::new(device);
+    // A long idle poll: events in the tests below must be pushed to arrive in time.
+    let service = AgentService::new(device).with_poll_interval(Duration::from_secs(120));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = HsmAgentServer::new(service.clone());
@@ -256,9 +257,9 @@ async fn a_refused_pin_makes_the_agent_unavailable() {
     );
 }
 
-/// The next event, which must arrive promptly: events are pushed, not polled.
+/// The next event, which must arrive well before the 120 s idle poll: events are pushed.
 async fn next(stream: &mut tonic::Streaming<ChangeEvent>) -> change_event::Event {
-    tokio::time::timeout(Duration::from_secs(2), stream.message())
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .expect("an event in time")
         .unwrap()

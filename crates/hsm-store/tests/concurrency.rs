@@ -6,7 +6,7 @@ use common::{Backend, Fresh};
 use hsm_store::{MetadataChange, SecretStore, secret_data};
 use rstest::rstest;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[rstest]
 fn readers_see_whole_generations(#[values(Backend::Memory, Backend::SoftHsm)] backend: Backend) {
@@ -15,18 +15,16 @@ fn readers_see_whole_generations(#[values(Backend::Memory, Backend::SoftHsm)] ba
     let generation = |g: u32| {
         let v = format!("gen-{g}");
         secret_data([("a", v.as_str()), ("b", v.as_str()), ("c", v.as_str())])
-            .into_iter()
-            .collect::<hsm_store::SecretData>()
     };
     store
         .write("s", &generation(0), MetadataChange::Keep)
         .unwrap();
     let done = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
     let readers: Vec<_> = (0..3)
         .map(|_| {
-            let (store, done) = (store.clone(), done.clone());
+            let (store, done, reads) = (store.clone(), done.clone(), reads.clone());
             std::thread::spawn(move || {
-                let mut reads = 0;
                 while !done.load(Ordering::SeqCst) {
                     let data = store.read("s").unwrap();
                     let values: Vec<&[u8]> = data.values().map(|v| v.expose()).collect();
@@ -35,19 +33,25 @@ fn readers_see_whole_generations(#[values(Backend::Memory, Backend::SoftHsm)] ba
                         values.iter().all(|v| *v == values[0]),
                         "a mix of generations"
                     );
-                    reads += 1;
+                    reads.fetch_add(1, Ordering::SeqCst);
                 }
-                reads
             })
         })
         .collect();
-    for g in 1..=40 {
+    // Keep writing until the readers have raced the writer for a while, however the
+    // scheduler treats the threads.
+    let mut g = 0;
+    while g < 40 || reads.load(Ordering::SeqCst) < 100 {
+        g += 1;
+        assert!(g < 100_000, "readers never ran");
         store
             .write("s", &generation(g), MetadataChange::Keep)
             .unwrap();
     }
     done.store(true, Ordering::SeqCst);
-    let reads: u32 = readers.into_iter().map(|r| r.join().unwrap()).sum();
-    assert!(reads > 0);
-    assert_eq!(store.read("s").unwrap()["a"].expose(), b"gen-40");
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    let last = format!("gen-{g}");
+    assert_eq!(store.read("s").unwrap()["a"].expose(), last.as_bytes());
 }
