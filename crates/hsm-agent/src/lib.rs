@@ -8,4 +8,5 @@ pub mod pcscd;
 pub mod pin;
 pub mod refusals;
 pub mod service;
+pub mod tls;
 pub mod validate;
