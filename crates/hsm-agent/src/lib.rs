@@ -2,11 +2,13 @@
 //! device's token session, keeps it alive across token loss, never retries a PIN the token
 //! has refused, and (in later modules) serves the store over gRPC.
 
+pub mod cli;
 pub mod device;
 pub mod health;
 pub mod pcscd;
 pub mod pin;
 pub mod refusals;
+pub mod run;
 pub mod service;
 pub mod tls;
 pub mod validate;

@@ -9,44 +9,13 @@ use hsm_proto::v1::hsm_agent_client::HsmAgentClient;
 use hsm_proto::v1::hsm_agent_server::HsmAgentServer;
 use hsm_proto::v1::{GetInfoRequest, ListSecretsRequest};
 use hsm_store::testing::{SOFTHSM2_MODULE, SoftHsm, TEST_PIN};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
+mod common;
+
+use common::{Ca, ca, leaf};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    let key = KeyPair::generate().unwrap();
-    let pem = params.self_signed(&key).unwrap().pem();
-    Ca {
-        pem,
-        issuer: Issuer::new(params, key),
-    }
-}
-
-/// A leaf certificate and key (PEM) for `name`, for a server or a client.
-fn leaf(ca: &Ca, name: &str, server: bool) -> (String, String) {
-    let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![if server {
-        ExtendedKeyUsagePurpose::ServerAuth
-    } else {
-        ExtendedKeyUsagePurpose::ClientAuth
-    }];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
 
 fn write_server(dir: &Path, cert: &(String, String), client_ca: &Ca) -> TlsFiles {
     let files = TlsFiles {

@@ -1,0 +1,168 @@
+//! The agent process: pcscd (when the module needs it), the device, the gRPC listener (mTLS
+//! unless plaintext is asked for explicitly), the health listener, a task that keeps the
+//! token connected and re-scans it on a slow timer, and a graceful stop on SIGTERM.
+
+use crate::cli::AgentArgs;
+use crate::device::{Device, DeviceConfig};
+use crate::pcscd::{Pcscd, PcscdConfig};
+use crate::pin::{EnvPin, FilePin, FixedPin, PinSource};
+use crate::service::AgentService;
+use anyhow::{Context, bail};
+use hsm_proto::v1::hsm_agent_server::HsmAgentServer;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let tls = args.tls_files()?;
+    if tls.is_none() && !args.insecure_plaintext {
+        bail!(
+            "mTLS is required: give --tls-cert-file, --tls-key-file and --tls-client-ca-file \
+             (or --insecure-plaintext to serve without TLS)"
+        );
+    }
+    let tls_config = tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()
+        .context("loading the mTLS files")?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;
+
+    let pcscd = if args.wants_pcscd() {
+        let debug = args.log_level.eq_ignore_ascii_case("debug");
+        Some(
+            Pcscd::start(PcscdConfig::standard(debug))
+                .await
+                .context("starting pcscd")?,
+        )
+    } else {
+        None
+    };
+
+    let device = Arc::new(Device::new(
+        DeviceConfig {
+            state_dir: Some(args.state_dir.clone()),
+            ..DeviceConfig::new(&args.pkcs11_library, args.selector())
+        },
+        pin_source(&args),
+    ));
+    let service = AgentService::new(device.clone());
+    let (stop_tx, stop) = watch::channel(false);
+    let keeper = tokio::spawn(keep_connected(
+        service.clone(),
+        args.rescan_interval,
+        stop.clone(),
+    ));
+
+    let health = TcpListener::bind((args.bind_address, args.health_port))
+        .await
+        .with_context(|| format!("binding the health port {}", args.health_port))?;
+    let grpc = TcpListener::bind((args.bind_address, args.port))
+        .await
+        .with_context(|| format!("binding the gRPC port {}", args.port))?;
+    tracing::info!(
+        device = %args.device_name,
+        grpc = %grpc.local_addr()?,
+        health = %health.local_addr()?,
+        mtls = tls.is_some(),
+        "agent listening"
+    );
+
+    let health_server = axum::serve(health, crate::health::router(device.clone()))
+        .with_graceful_shutdown(stopped(stop.clone()));
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(HsmAgentServer::new(service));
+    let grpc_server = async {
+        match tls_config {
+            Some(config) => {
+                server
+                    .serve_with_incoming_shutdown(
+                        crate::tls::incoming(grpc, config),
+                        stopped(stop.clone()),
+                    )
+                    .await
+            }
+            None => {
+                server
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                        stopped(stop.clone()),
+                    )
+                    .await
+            }
+        }
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping");
+        let _ = stop_tx.send(true);
+    });
+    let (health_result, grpc_result) = tokio::join!(health_server, grpc_server);
+    keeper.abort();
+    if let Some(pcscd) = pcscd {
+        pcscd.stop().await;
+    }
+    health_result.context("health server")?;
+    grpc_result.context("gRPC server")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn pin_source(args: &AgentArgs) -> Box<dyn PinSource> {
+    if let Some(file) = &args.pin_file {
+        Box::new(FilePin(file.clone()))
+    } else if let Some(pin) = &args.pin {
+        tracing::warn!("--pin puts the PIN on the command line; prefer --pin-file or HSM_PIN");
+        Box::new(FixedPin(pin.as_str().into()))
+    } else {
+        Box::new(EnvPin(hsm_api::names::env::HSM_PIN.into()))
+    }
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Connects the token as soon as it can (and after every loss), and re-scans it for changes
+/// made outside the operator every `rescan` interval.
+async fn keep_connected(service: AgentService, rescan: Duration, mut stop: watch::Receiver<bool>) {
+    let mut last_rescan = Instant::now();
+    loop {
+        let device = service.device().clone();
+        let ready = tokio::task::spawn_blocking(move || device.ensure_connected())
+            .await
+            .map(|r| r == crate::device::Readiness::Ready)
+            .unwrap_or(false);
+        if ready && last_rescan.elapsed() >= rescan {
+            last_rescan = Instant::now();
+            match service.rescan().await {
+                Ok(report) if !report.is_empty() => tracing::info!(
+                    added = report.added.len(),
+                    changed = report.changed.len(),
+                    removed = report.removed.len(),
+                    "re-scan found changes made outside the operator"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e.message(), "re-scan failed"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
