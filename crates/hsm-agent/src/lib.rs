@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod device;
+pub mod fuzzing;
 pub mod health;
 pub mod pcscd;
 pub mod pin;
