@@ -54,6 +54,8 @@ enum Cmd {
 enum Bench {
     /// hsm-store on SoftHSM2 beside a raw cryptoki floor.
     Store,
+    /// The agent's gRPC over mTLS beside the store in-process.
+    Agent,
 }
 
 fn main() -> Result<()> {
@@ -147,6 +149,19 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
                 "test-support",
                 "--example",
                 "store_bench",
+            ],
+        ),
+        Bench::Agent => run(
+            root,
+            "cargo",
+            &[
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "hsm-agent",
+                "--example",
+                "agent_bench",
             ],
         ),
     }

@@ -90,7 +90,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             None => {
                 server
                     .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                        tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
                         stopped(stop.clone()),
                     )
                     .await

@@ -150,6 +150,10 @@ pub fn incoming(
             if tx.is_closed() {
                 return;
             }
+            // Small gRPC frames must not wait for Nagle's algorithm (40 ms per call).
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 let handshake =
