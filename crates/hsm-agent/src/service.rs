@@ -15,7 +15,7 @@ use hsm_proto::v1::hsm_agent_server::HsmAgent;
 use hsm_proto::v1::*;
 use hsm_store::{MetadataChange, SecretStore, SecretSummary, StoreError};
 use secrecy::SecretString;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -174,7 +174,7 @@ impl HsmAgent for AgentService {
         let path = request.into_inner().path;
         validate::read_path(&path).map_err(bad)?;
         let data = self.blocking(move |store| store.read(&path)).await?;
-        let data: HashMap<String, Vec<u8>> = data
+        let data: BTreeMap<String, Vec<u8>> = data
             .into_iter()
             .map(|(k, v)| (k, v.expose().to_vec()))
             .collect();

@@ -7,7 +7,7 @@ use hsm_proto::v1::hsm_agent_client::HsmAgentClient;
 use hsm_proto::v1::hsm_agent_server::HsmAgentServer;
 use hsm_proto::v1::*;
 use hsm_store::testing::{SOFTHSM2_MODULE, SoftHsm, TEST_PIN};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
@@ -55,7 +55,7 @@ fn write(path: &str, pairs: &[(&str, &str)]) -> WriteSecretRequest {
         secret_data: data(pairs),
         metadata: Some(SecretMetadata {
             description: "d".into(),
-            labels: HashMap::from([("sync.version".into(), "3".into())]),
+            labels: BTreeMap::from([("sync.version".into(), "3".into())]),
             ..Default::default()
         }),
     }

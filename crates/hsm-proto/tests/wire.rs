@@ -5,7 +5,7 @@
 
 use hsm_proto::v1::*;
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 fn round_trip<M: Message + Default + PartialEq + std::fmt::Debug>(hex_bytes: &str, expected: M) {
     let bytes = hex::decode(hex_bytes.replace(' ', "")).unwrap();
@@ -26,11 +26,11 @@ fn write_secret_request() {
         WriteSecretRequest {
             path: "db".into(),
             secret_data: Some(SecretData {
-                data: HashMap::from([("k".into(), b"v".to_vec())]),
+                data: BTreeMap::from([("k".into(), b"v".to_vec())]),
             }),
             metadata: Some(SecretMetadata {
                 description: "d".into(),
-                labels: HashMap::from([("sync.version".into(), "1".into())]),
+                labels: BTreeMap::from([("sync.version".into(), "1".into())]),
                 ..Default::default()
             }),
         },
@@ -43,7 +43,7 @@ fn read_secret_response() {
         "0a08 0a06 0a016b 120176",
         ReadSecretResponse {
             secret_data: Some(SecretData {
-                data: HashMap::from([("k".into(), b"v".to_vec())]),
+                data: BTreeMap::from([("k".into(), b"v".to_vec())]),
             }),
         },
     );
