@@ -44,10 +44,26 @@ enum Cmd {
         #[arg(value_enum)]
         which: Bench,
     },
+    /// Run a coverage-guided fuzz target for a bounded time (needs a nightly toolchain;
+    /// installs cargo-fuzz if missing).
+    Fuzz {
+        /// Which target.
+        #[arg(value_enum)]
+        which: Fuzz,
+        /// How long to run.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Regenerate deploy/crds from the CRD types.
     Crdgen,
     /// Install the Debian packages and cargo tools the project needs, if missing.
     Deps,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Fuzz {
+    /// The agent's request decoding, validation and store round trip.
+    Agent,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -68,6 +84,7 @@ fn main() -> Result<()> {
             nextest_args,
         } => test(&root, no_lint, &nextest_args),
         Cmd::Bench { which } => bench(&root, which),
+        Cmd::Fuzz { which, seconds } => fuzz(&root, which, seconds),
         Cmd::Crdgen => crdgen(&root),
         Cmd::Deps => deps::ensure(),
     }
@@ -165,6 +182,26 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
             ],
         ),
     }
+}
+
+fn fuzz(root: &Path, which: Fuzz, seconds: u64) -> Result<()> {
+    let has_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has_fuzz {
+        run(root, "cargo", &["install", "--locked", "cargo-fuzz"])?;
+    }
+    let (dir, target) = match which {
+        Fuzz::Agent => ("crates/hsm-agent", "requests"),
+    };
+    let time = format!("-max_total_time={seconds}");
+    run(
+        &root.join(dir),
+        "cargo",
+        &["+nightly", "fuzz", "run", target, "--", &time],
+    )
 }
 
 fn crdgen(root: &Path) -> Result<()> {
