@@ -1,12 +1,14 @@
 //! The agent's gRPC service over a real socket, on a real SoftHSM2 token.
 
-use hsm_agent::device::{Device, DeviceConfig};
-use hsm_agent::pin::FixedPin;
+mod common;
+
+use common::test_device;
+
 use hsm_agent::service::AgentService;
 use hsm_proto::v1::hsm_agent_client::HsmAgentClient;
 use hsm_proto::v1::hsm_agent_server::HsmAgentServer;
 use hsm_proto::v1::*;
-use hsm_store::testing::{SOFTHSM2_MODULE, SoftHsm, TEST_PIN};
+use hsm_store::testing::{SoftHsm, TEST_PIN};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,14 +16,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 async fn serve(hsm: &SoftHsm, pin: &str) -> (HsmAgentClient<Channel>, AgentService) {
-    let device = Arc::new(Device::new(
-        DeviceConfig {
-            min_backoff: Duration::ZERO,
-            max_backoff: Duration::ZERO,
-            ..DeviceConfig::new(SOFTHSM2_MODULE, hsm.selector())
-        },
-        Box::new(FixedPin(pin.into())),
-    ));
+    let device = Arc::new(test_device(hsm, pin));
     // A long idle poll: events in the tests below must be pushed to arrive in time.
     let service = AgentService::new(device).with_poll_interval(Duration::from_secs(120));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

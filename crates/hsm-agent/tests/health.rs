@@ -1,10 +1,12 @@
 //! The health endpoints over a real socket, on a real SoftHSM2 token.
 
-use hsm_agent::device::{Device, DeviceConfig};
-use hsm_agent::pin::FixedPin;
-use hsm_store::testing::{SOFTHSM2_MODULE, SoftHsm, TEST_PIN};
+mod common;
+
+use common::test_device;
+
+use hsm_agent::device::Device;
+use hsm_store::testing::{SoftHsm, TEST_PIN};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
@@ -30,21 +32,10 @@ async fn serve(device: Device) -> std::net::SocketAddr {
     addr
 }
 
-fn device(hsm: &SoftHsm, pin: &str) -> Device {
-    Device::new(
-        DeviceConfig {
-            min_backoff: Duration::ZERO,
-            max_backoff: Duration::ZERO,
-            ..DeviceConfig::new(SOFTHSM2_MODULE, hsm.selector())
-        },
-        Box::new(FixedPin(pin.into())),
-    )
-}
-
 #[tokio::test]
 async fn a_connected_token_is_healthy_and_ready() {
     let hsm = SoftHsm::new();
-    let addr = serve(device(&hsm, TEST_PIN)).await;
+    let addr = serve(test_device(&hsm, TEST_PIN)).await;
     let (code, body) = get(addr, "/healthz").await;
     assert_eq!(code, 200);
     assert_eq!(body["status"], "healthy");
@@ -58,7 +49,7 @@ async fn a_connected_token_is_healthy_and_ready() {
 #[tokio::test]
 async fn a_refused_pin_is_degraded_and_not_ready_with_the_reason() {
     let hsm = SoftHsm::new();
-    let addr = serve(device(&hsm, "4321")).await;
+    let addr = serve(test_device(&hsm, "4321")).await;
     let (code, body) = get(addr, "/healthz").await;
     assert_eq!(
         (code, &body["status"], &body["hsmConnected"]),

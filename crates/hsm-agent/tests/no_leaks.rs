@@ -1,28 +1,19 @@
 //! Everything the agent logs at debug level during a full session, from every crate
 //! (tonic, h2, hyper, rustls included), holds no secret value and no PIN.
 
-use hsm_agent::device::{Device, DeviceConfig};
-use hsm_agent::pin::FixedPin;
+mod common;
+
+use common::test_device;
+
+use hsm_agent::device::Device;
 use hsm_agent::service::AgentService;
 use hsm_proto::v1::hsm_agent_client::HsmAgentClient;
 use hsm_proto::v1::hsm_agent_server::HsmAgentServer;
 use hsm_proto::v1::*;
-use hsm_store::testing::{SOFTHSM2_MODULE, SoftHsm, TEST_PIN};
-use std::sync::{Arc, Mutex};
+use hsm_store::testing::CapturedLogs;
+use hsm_store::testing::{SoftHsm, TEST_PIN};
+use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const SECRET: &str = "VALUE-d41d8cd98f00b204";
 const NEW_PIN: &str = "918273";
@@ -44,20 +35,9 @@ async fn serve(device: Device) -> HsmAgentClient<tonic::transport::Channel> {
         .unwrap()
 }
 
-fn device(hsm: &SoftHsm, pin: &str) -> Device {
-    Device::new(
-        DeviceConfig {
-            min_backoff: Duration::ZERO,
-            max_backoff: Duration::ZERO,
-            ..DeviceConfig::new(SOFTHSM2_MODULE, hsm.selector())
-        },
-        Box::new(FixedPin(pin.into())),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_session_logs_no_secret_and_no_pin() {
-    let captured = Captured::default();
+    let captured = CapturedLogs::default();
     let writer = captured.clone();
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
@@ -65,14 +45,14 @@ async fn a_full_session_logs_no_secret_and_no_pin() {
         .init();
 
     let refused = SoftHsm::new();
-    let mut unavailable = serve(device(&refused, WRONG_PIN)).await;
+    let mut unavailable = serve(test_device(&refused, WRONG_PIN)).await;
     unavailable
         .list_secrets(ListSecretsRequest::default())
         .await
         .unwrap_err();
 
     let hsm = SoftHsm::new();
-    let mut client = serve(device(&hsm, TEST_PIN)).await;
+    let mut client = serve(test_device(&hsm, TEST_PIN)).await;
     let data = |value: &str| {
         Some(SecretData {
             data: [("password".to_owned(), value.as_bytes().to_vec())].into(),
@@ -128,7 +108,7 @@ async fn a_full_session_logs_no_secret_and_no_pin() {
         .await
         .unwrap();
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = captured.text();
     assert!(
         logs.contains("token connected"),
         "the session was logged:\n{logs}"

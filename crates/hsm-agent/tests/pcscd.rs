@@ -2,8 +2,8 @@
 //! `/run/pcscd` is a temporary directory, so the machine's own pcscd is never touched.
 
 use hsm_agent::pcscd::{DEFAULT_PROGRAM, Pcscd, PcscdConfig, PcscdError, PcscdState};
+use hsm_store::testing::CapturedLogs;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn private_pcscd(dir: &Path, debug: bool) -> PcscdConfig {
@@ -45,22 +45,9 @@ fn alive(pid: u32) -> bool {
             .unwrap_or(true)
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn starts_restarts_and_stops_the_real_pcscd() {
-    let captured = Captured::default();
+    let captured = CapturedLogs::default();
     let writer = captured.clone();
     let _guard = tracing::subscriber::set_default(
         tracing_subscriber::fmt()
@@ -98,7 +85,7 @@ async fn starts_restarts_and_stops_the_real_pcscd() {
     pcscd.stop().await;
     assert!(!alive(second), "pcscd still running after stop");
     assert!(!socket.exists());
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("pcscd"),
         "pcscd's output reaches the agent log"

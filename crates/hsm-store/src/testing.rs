@@ -171,3 +171,27 @@ impl SoftHsm {
         session
     }
 }
+
+/// A log sink for tests that search everything logged for secrets: clone it into a
+/// `tracing_subscriber` writer (`.with_writer(move || sink.clone())`), then read [`text`].
+///
+/// [`text`]: CapturedLogs::text
+#[derive(Clone, Default)]
+pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log sink")).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log sink").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

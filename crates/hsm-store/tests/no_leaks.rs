@@ -2,28 +2,15 @@
 //! the PIN. Every log line of a full run (writes, reads, a cut write and its recovery, a
 //! wrong PIN) is captured and searched.
 
-use hsm_store::testing::SoftHsm;
+use hsm_store::testing::{CapturedLogs, SoftHsm};
 use hsm_store::token::InstrumentedToken;
 use hsm_store::{MetadataChange, Pkcs11Token, SecretStore, Store, secret_data};
 use secrecy::SecretString;
-use std::sync::{Arc, Mutex};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use std::sync::Arc;
 
 #[test]
 fn logs_and_errors_never_contain_secrets() {
-    let captured = Captured::default();
+    let captured = CapturedLogs::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -67,7 +54,7 @@ fn logs_and_errors_never_contain_secrets() {
         reopened.read("db").unwrap();
         errors.push(reopened.read("missing").unwrap_err().to_string());
     });
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("resolved an interrupted write"),
         "recovery was logged: {logs}"

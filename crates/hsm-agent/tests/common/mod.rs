@@ -36,3 +36,18 @@ pub fn leaf(ca: &Ca, name: &str, server: bool) -> (String, String) {
     let cert = params.signed_by(&key, &ca.issuer).unwrap();
     (cert.pem(), key.serialize_pem())
 }
+
+/// A device on a SoftHSM2 fixture token with `pin`, retrying at once (no backoff).
+pub fn test_device(hsm: &hsm_store::testing::SoftHsm, pin: &str) -> hsm_agent::device::Device {
+    hsm_agent::device::Device::new(
+        hsm_agent::device::DeviceConfig {
+            min_backoff: std::time::Duration::ZERO,
+            max_backoff: std::time::Duration::ZERO,
+            ..hsm_agent::device::DeviceConfig::new(
+                hsm_store::testing::SOFTHSM2_MODULE,
+                hsm.selector(),
+            )
+        },
+        Box::new(hsm_agent::pin::FixedPin(pin.into())),
+    )
+}
