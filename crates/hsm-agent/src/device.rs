@@ -131,6 +131,8 @@ pub struct Device {
     pin: Box<dyn PinSource>,
     refusals: Mutex<Refusals>,
     state: Mutex<State>,
+    /// Serialises connection attempts, without blocking readers of `state`.
+    connecting: Mutex<()>,
     login_attempts: AtomicU64,
     connections: AtomicU64,
     /// A PIN set through [`Device::change_pin`], used until the PIN source holds it too.
@@ -167,6 +169,7 @@ impl Device {
             }),
             config,
             pin,
+            connecting: Mutex::new(()),
             refusals: Mutex::new(refusals),
             login_attempts: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -288,14 +291,19 @@ impl Device {
     }
 
     fn store_or_connect(&self) -> Result<Arc<DeviceStore>, DeviceError> {
+        if let Some(ready) = self.current_store()? {
+            return Ok(ready);
+        }
+        // One connection attempt at a time; the state lock is not held while it runs, so
+        // readiness and health answer at once even while a slow token is being scanned.
+        let _connecting = self.connecting.lock();
+        if let Some(ready) = self.current_store()? {
+            return Ok(ready);
+        }
+        let previous_version = self.state.lock().last_version;
+        let attempt = self.connect(previous_version);
         let mut state = self.state.lock();
-        if let Some(store) = &state.store {
-            return Ok(store.clone());
-        }
-        if Instant::now() < state.next_attempt {
-            return Err(not_ready(&state.readiness));
-        }
-        match self.connect(state.last_version) {
+        match attempt {
             Ok(store) => {
                 let store = Arc::new(store);
                 state.store = Some(store.clone());
@@ -316,6 +324,18 @@ impl Device {
                 Err(not_ready(&state.readiness))
             }
         }
+    }
+
+    /// The connected store, `None` when an attempt is due now, or the reason to wait.
+    fn current_store(&self) -> Result<Option<Arc<DeviceStore>>, DeviceError> {
+        let state = self.state.lock();
+        if let Some(store) = &state.store {
+            return Ok(Some(store.clone()));
+        }
+        if Instant::now() < state.next_attempt {
+            return Err(not_ready(&state.readiness));
+        }
+        Ok(None)
     }
 
     /// One connection attempt; the store numbers versions on from `previous_version`.

@@ -105,3 +105,60 @@ fn missing_token_and_module_are_reported() {
     ));
     assert_eq!(absent.login_attempts() + no_module.login_attempts(), 0);
 }
+
+/// A PIN source that blocks until released, and says when it is being asked.
+struct GatedPin {
+    asked: std::sync::mpsc::Sender<()>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl hsm_agent::pin::PinSource for GatedPin {
+    fn current(&self) -> Result<secrecy::SecretString, hsm_agent::pin::PinError> {
+        let _ = self.asked.send(());
+        let _ = self.release.lock().unwrap().recv();
+        Ok(TEST_PIN.into())
+    }
+    fn describe(&self) -> String {
+        "a gate".into()
+    }
+}
+
+#[test]
+fn readiness_answers_while_a_connection_is_under_way() {
+    let hsm = SoftHsm::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (asked_tx, asked) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let device = std::sync::Arc::new(Device::new(
+        config(&hsm, dir.path()),
+        Box::new(GatedPin {
+            asked: asked_tx,
+            release: std::sync::Mutex::new(release_rx),
+        }),
+    ));
+    let connecting = {
+        let device = device.clone();
+        std::thread::spawn(move || device.ensure_connected())
+    };
+    // The connection attempt is now waiting inside the PIN source.
+    asked.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let device = device.clone();
+        std::thread::spawn(move || tx.send(device.readiness()).unwrap());
+    }
+    let during = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("readiness must not wait for the connection attempt");
+    assert!(matches!(
+        during,
+        Readiness::NotReady {
+            reason: NotReadyReason::Connecting,
+            ..
+        }
+    ));
+    release.send(()).unwrap();
+    assert_eq!(connecting.join().unwrap(), Readiness::Ready);
+    assert_eq!(device.readiness(), Readiness::Ready);
+    assert_eq!(device.connections(), 1);
+}
