@@ -9,3 +9,4 @@
 pub mod apdu;
 pub mod card;
 pub mod tlv;
+pub mod vpcd;

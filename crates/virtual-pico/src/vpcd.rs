@@ -1,0 +1,238 @@
+//! The card in a reader: connects to pcscd's `vpcd` reader driver as a TCP client and answers
+//! it. Every message both ways is a 2-byte big-endian length and a payload; a 1-byte payload
+//! from vpcd is a control code (0 power off, 1 power on, 2 reset, 4 ATR), anything longer a
+//! command APDU, answered with data and status word.
+//!
+//! Test controls: remove and insert (close and reopen the connection, as pulling and plugging
+//! a USB card), a latency per APDU, an APDU counter and a log without data bytes, and a fault
+//! that drops the card after N APDUs.
+
+use crate::card::{ATR, Card};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// About what a USB Pico HSM takes per APDU round trip.
+pub const PICO_LATENCY: Duration = Duration::from_millis(8);
+
+/// One logged APDU: the header and lengths, never the data (which may hold a PIN or a
+/// secret value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedApdu {
+    /// CLA, INS, P1, P2.
+    pub header: [u8; 4],
+    /// Bytes of command data.
+    pub data_len: usize,
+    /// Bytes of response data.
+    pub response_len: usize,
+    /// The status word.
+    pub sw: u16,
+}
+
+struct Shared {
+    card: Mutex<Card>,
+    inserted: AtomicBool,
+    stop: AtomicBool,
+    latency_us: AtomicU64,
+    apdus: AtomicU64,
+    /// 0: never; else the card drops out after this many more APDUs.
+    drop_at: AtomicU64,
+    log: Mutex<Vec<LoggedApdu>>,
+    connected: AtomicBool,
+}
+
+/// A card plugged into a vpcd reader, served by a background thread.
+pub struct VirtualCard {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for VirtualCard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtualCard")
+            .field("inserted", &self.shared.inserted.load(Ordering::SeqCst))
+            .field("apdus", &self.apdu_count())
+            .finish()
+    }
+}
+
+impl VirtualCard {
+    /// Plugs `card` into the vpcd reader listening on `127.0.0.1:port`. The card keeps
+    /// trying to connect until the reader is there.
+    pub fn start(port: u16, card: Card) -> VirtualCard {
+        let shared = Arc::new(Shared {
+            card: Mutex::new(card),
+            inserted: AtomicBool::new(true),
+            stop: AtomicBool::new(false),
+            latency_us: AtomicU64::new(0),
+            apdus: AtomicU64::new(0),
+            drop_at: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
+            connected: AtomicBool::new(false),
+        });
+        let thread = {
+            let shared = shared.clone();
+            std::thread::spawn(move || run(port, &shared))
+        };
+        VirtualCard {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// Pulls the card out: the connection closes, the reader reports the card gone.
+    pub fn remove(&self) {
+        self.shared.inserted.store(false, Ordering::SeqCst);
+    }
+
+    /// Plugs it back in (the same card: files and PINs as they were).
+    pub fn insert(&self) {
+        self.shared.inserted.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the reader has the card right now.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the reader has the card, up to `timeout`.
+    pub fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.is_connected() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Delay before each APDU's answer ([`PICO_LATENCY`] resembles a USB Pico HSM).
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared
+            .latency_us
+            .store(latency.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// The card drops out (as if unplugged) after answering `n` more APDUs.
+    pub fn drop_after(&self, n: u64) {
+        let now = self.shared.apdus.load(Ordering::SeqCst);
+        self.shared.drop_at.store(now + n, Ordering::SeqCst);
+    }
+
+    /// APDUs answered so far.
+    pub fn apdu_count(&self) -> u64 {
+        self.shared.apdus.load(Ordering::SeqCst)
+    }
+
+    /// Every APDU so far, without data bytes.
+    pub fn apdu_log(&self) -> Vec<LoggedApdu> {
+        self.shared.log.lock().expect("log").clone()
+    }
+
+    /// A copy of the card as it is now (to check its state, or plug it in elsewhere).
+    pub fn card(&self) -> Card {
+        self.shared.card.lock().expect("card").clone()
+    }
+}
+
+impl Drop for VirtualCard {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(port: u16, shared: &Shared) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        if !shared.inserted.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        shared.card.lock().expect("card").reset();
+        shared.connected.store(true, Ordering::SeqCst);
+        serve(stream, shared);
+        shared.connected.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Answers the reader until the card is removed, dropped, stopped or the reader goes away.
+fn serve(mut stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+    loop {
+        if shared.stop.load(Ordering::SeqCst) || !shared.inserted.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut length = [0u8; 2];
+        match stream.read_exact(&mut length) {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(_) => return,
+        }
+        let mut message = vec![0u8; u16::from_be_bytes(length) as usize];
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let read = stream.read_exact(&mut message);
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+        if read.is_err() {
+            return;
+        }
+        // vpcd sends length and body in two writes; without a quick ACK each APDU stalls
+        // on delayed ACK for about 40 ms. Not sticky: set it after every read.
+        let _ = socket2::SockRef::from(&stream).set_tcp_quickack(true);
+        let reply = match message.as_slice() {
+            [0] | [1] | [2] => {
+                shared.card.lock().expect("card").reset();
+                None
+            }
+            [4] => Some(ATR.to_vec()),
+            [_] => None,
+            apdu => Some(answer(apdu, shared)),
+        };
+        if let Some(reply) = reply {
+            let mut frame = (reply.len() as u16).to_be_bytes().to_vec();
+            frame.extend(reply);
+            if stream.write_all(&frame).is_err() {
+                return;
+            }
+        }
+        let drop_at = shared.drop_at.load(Ordering::SeqCst);
+        if drop_at != 0 && shared.apdus.load(Ordering::SeqCst) >= drop_at {
+            shared.drop_at.store(0, Ordering::SeqCst);
+            shared.inserted.store(false, Ordering::SeqCst);
+            return;
+        }
+    }
+}
+
+fn answer(apdu: &[u8], shared: &Shared) -> Vec<u8> {
+    let latency = shared.latency_us.load(Ordering::SeqCst);
+    if latency > 0 {
+        std::thread::sleep(Duration::from_micros(latency));
+    }
+    let response = shared.card.lock().expect("card").process(apdu);
+    shared.apdus.fetch_add(1, Ordering::SeqCst);
+    let sw = u16::from_be_bytes([response[response.len() - 2], response[response.len() - 1]]);
+    let header = [
+        apdu[0],
+        apdu[1],
+        apdu.get(2).copied().unwrap_or(0),
+        apdu.get(3).copied().unwrap_or(0),
+    ];
+    shared.log.lock().expect("log").push(LoggedApdu {
+        header,
+        data_len: apdu.len().saturating_sub(5),
+        response_len: response.len() - 2,
+        sw,
+    });
+    response
+}

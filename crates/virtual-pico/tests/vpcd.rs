@@ -1,0 +1,137 @@
+//! The card's side of the vpcd protocol over real TCP, with the test as the reader.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+use virtual_pico::card::{AID, ATR, Card};
+use virtual_pico::vpcd::VirtualCard;
+
+struct Reader {
+    listener: TcpListener,
+}
+
+impl Reader {
+    fn new() -> Reader {
+        Reader {
+            listener: TcpListener::bind("127.0.0.1:0").unwrap(),
+        }
+    }
+    fn port(&self) -> u16 {
+        self.listener.local_addr().unwrap().port()
+    }
+    fn accept(&self) -> TcpStream {
+        let (stream, _) = self.listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+    }
+}
+
+fn send(stream: &mut TcpStream, payload: &[u8]) {
+    let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
+    frame.extend(payload);
+    stream.write_all(&frame).unwrap();
+}
+
+fn receive(stream: &mut TcpStream) -> Vec<u8> {
+    let mut length = [0u8; 2];
+    stream.read_exact(&mut length).unwrap();
+    let mut body = vec![0u8; u16::from_be_bytes(length) as usize];
+    stream.read_exact(&mut body).unwrap();
+    body
+}
+
+fn select_applet() -> Vec<u8> {
+    let mut apdu = vec![0x00, 0xA4, 0x04, 0x00, 0x0B];
+    apdu.extend(AID);
+    apdu.push(0x00);
+    apdu
+}
+
+fn closed(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0))
+}
+
+#[test]
+fn answers_the_reader_and_logs_no_data() {
+    let reader = Reader::new();
+    let card = VirtualCard::start(reader.port(), Card::new("DEEMU13092"));
+    let mut link = reader.accept();
+    send(&mut link, &[4]);
+    assert_eq!(receive(&mut link), ATR);
+    send(&mut link, &[1]);
+    send(&mut link, &select_applet());
+    let response = receive(&mut link);
+    assert_eq!(&response[response.len() - 2..], &[0x90, 0x00]);
+    // VERIFY with a PIN-like value: the log keeps the header and lengths only.
+    send(
+        &mut link,
+        &[
+            0x00, 0x20, 0x00, 0x81, 0x06, b'6', b'4', b'8', b'2', b'1', b'9',
+        ],
+    );
+    assert_eq!(receive(&mut link), vec![0x6A, 0x88]);
+    assert_eq!(card.apdu_count(), 2);
+    let log = card.apdu_log();
+    assert_eq!(log[1].header, [0x00, 0x20, 0x00, 0x81]);
+    assert_eq!((log[1].data_len, log[1].sw), (6, 0x6A88));
+    assert!(!format!("{log:?}").contains("648219"));
+}
+
+#[test]
+fn removal_and_reinsertion_keep_the_card() {
+    let reader = Reader::new();
+    let card = VirtualCard::start(reader.port(), Card::new("DEEMU13092"));
+    let mut link = reader.accept();
+    send(&mut link, &select_applet());
+    receive(&mut link);
+    let init = [
+        &[
+            0x80u8, 0x50, 0x00, 0x00, 0x19, 0x80, 0x02, 0x00, 0x01, 0x81, 0x06,
+        ][..],
+        b"648219",
+        &[0x82, 0x08],
+        b"57621880",
+        &[0x91, 0x01, 0x03],
+    ]
+    .concat();
+    send(&mut link, &init);
+    assert_eq!(receive(&mut link), vec![0x90, 0x00]);
+
+    card.remove();
+    assert!(closed(&mut link), "removal closes the connection");
+    card.insert();
+    let mut link = reader.accept();
+    assert!(card.wait_connected(Duration::from_secs(5)));
+    send(&mut link, &select_applet());
+    receive(&mut link);
+    send(&mut link, &[0x00, 0x20, 0x00, 0x81]);
+    assert_eq!(
+        receive(&mut link),
+        vec![0x63, 0xC3],
+        "initialised, counter intact"
+    );
+}
+
+#[test]
+fn drops_out_after_n_apdus_and_adds_latency() {
+    let reader = Reader::new();
+    let card = VirtualCard::start(reader.port(), Card::new("DEEMU13092"));
+    let mut link = reader.accept();
+    card.set_latency(Duration::from_millis(30));
+    let started = Instant::now();
+    send(&mut link, &select_applet());
+    receive(&mut link);
+    assert!(started.elapsed() >= Duration::from_millis(30));
+    card.set_latency(Duration::ZERO);
+    card.drop_after(1);
+    send(&mut link, &select_applet());
+    receive(&mut link);
+    assert!(
+        closed(&mut link),
+        "the card dropped out after one more APDU"
+    );
+    assert!(!card.is_connected() || closed(&mut link));
+}
