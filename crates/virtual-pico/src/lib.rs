@@ -8,5 +8,6 @@
 
 pub mod apdu;
 pub mod card;
+pub mod fixture;
 pub mod tlv;
 pub mod vpcd;

@@ -19,7 +19,8 @@ fn main() {
         eprintln!("usage: virtual-pico --port PORT [--serial SERIAL]");
         std::process::exit(2);
     };
-    let _card = virtual_pico::vpcd::VirtualCard::start(port, virtual_pico::card::Card::new(&serial));
+    let _card =
+        virtual_pico::vpcd::VirtualCard::start(port, virtual_pico::card::Card::new(&serial));
     println!("virtual-pico: card {serial} plugged into the vpcd reader on 127.0.0.1:{port}");
     loop {
         std::thread::park();
