@@ -34,7 +34,9 @@ fn meta(version: i64, description: &str) -> SecretMetadata {
 }
 
 #[rstest]
-fn write_read_list_checksum(#[values(Backend::Memory, Backend::SoftHsm)] backend: Backend) {
+fn write_read_list_checksum(
+    #[values(Backend::Memory, Backend::SoftHsm, Backend::Pico)] backend: Backend,
+) {
     let fresh = Fresh::new(backend);
     let store = fresh.store();
     let data = secret_data([("username", "admin"), ("password", "s3cr3t"), ("data", "d")]);
@@ -68,7 +70,9 @@ fn write_read_list_checksum(#[values(Backend::Memory, Backend::SoftHsm)] backend
 }
 
 #[rstest]
-fn exact_name_matching(#[values(Backend::Memory, Backend::SoftHsm)] backend: Backend) {
+fn exact_name_matching(
+    #[values(Backend::Memory, Backend::SoftHsm, Backend::Pico)] backend: Backend,
+) {
     let fresh = Fresh::new(backend);
     let store = fresh.store();
     for name in ["foo", "foobar", "foo-old", "foo/bar", "fo"] {
@@ -94,7 +98,9 @@ fn exact_name_matching(#[values(Backend::Memory, Backend::SoftHsm)] backend: Bac
 }
 
 #[rstest]
-fn names_with_dots_and_slashes(#[values(Backend::Memory, Backend::SoftHsm)] backend: Backend) {
+fn names_with_dots_and_slashes(
+    #[values(Backend::Memory, Backend::SoftHsm, Backend::Pico)] backend: Backend,
+) {
     let fresh = Fresh::new(backend);
     let store = fresh.store();
     store
@@ -150,7 +156,7 @@ fn names_with_dots_and_slashes(#[values(Backend::Memory, Backend::SoftHsm)] back
 
 #[rstest]
 fn foreign_objects_are_never_touched(
-    #[values(Backend::Memory, Backend::SoftHsm)] backend: Backend,
+    #[values(Backend::Memory, Backend::SoftHsm, Backend::Pico)] backend: Backend,
 ) {
     let fresh = Fresh::new(backend);
     let token = fresh.token();
@@ -160,7 +166,7 @@ fn foreign_objects_are_never_touched(
             .create(&NewObject {
                 label,
                 application: "someone-else",
-                object_id: vec![],
+                object_id: hsm_store::layout::DataType::Plaintext.oid_der(),
                 value: b"not yours",
             })
             .unwrap();
@@ -180,7 +186,7 @@ fn foreign_objects_are_never_touched(
 
 #[rstest]
 fn tombstones_carry_a_version_and_keep_metadata(
-    #[values(Backend::Memory, Backend::SoftHsm)] backend: Backend,
+    #[values(Backend::Memory, Backend::SoftHsm, Backend::Pico)] backend: Backend,
 ) {
     let fresh = Fresh::new(backend);
     let store = fresh.store();
@@ -205,7 +211,7 @@ fn tombstones_carry_a_version_and_keep_metadata(
 
 #[rstest]
 fn user_metadata_survives_a_sync_rewrite(
-    #[values(Backend::Memory, Backend::SoftHsm)] backend: Backend,
+    #[values(Backend::Memory, Backend::SoftHsm, Backend::Pico)] backend: Backend,
 ) {
     let fresh = Fresh::new(backend);
     let store = fresh.store();
@@ -237,7 +243,9 @@ fn user_metadata_survives_a_sync_rewrite(
 }
 
 #[rstest]
-fn keys_are_deleted_one_at_a_time(#[values(Backend::Memory, Backend::SoftHsm)] backend: Backend) {
+fn keys_are_deleted_one_at_a_time(
+    #[values(Backend::Memory, Backend::SoftHsm, Backend::Pico)] backend: Backend,
+) {
     let fresh = Fresh::new(backend);
     let store = fresh.store();
     store
@@ -266,7 +274,7 @@ fn keys_are_deleted_one_at_a_time(#[values(Backend::Memory, Backend::SoftHsm)] b
 
 #[rstest]
 fn bad_input_is_rejected_and_loses_nothing(
-    #[values(Backend::Memory, Backend::SoftHsm)] backend: Backend,
+    #[values(Backend::Memory, Backend::SoftHsm, Backend::Pico)] backend: Backend,
 ) {
     let fresh = Fresh::new(backend);
     let store = fresh.store();
@@ -294,7 +302,9 @@ fn bad_input_is_rejected_and_loses_nothing(
 }
 
 #[rstest]
-fn changes_since_a_version(#[values(Backend::Memory, Backend::SoftHsm)] backend: Backend) {
+fn changes_since_a_version(
+    #[values(Backend::Memory, Backend::SoftHsm, Backend::Pico)] backend: Backend,
+) {
     let fresh = Fresh::new(backend);
     let store = fresh.store();
     store
@@ -328,7 +338,9 @@ fn changes_since_a_version(#[values(Backend::Memory, Backend::SoftHsm)] backend:
 }
 
 #[rstest]
-fn rescan_sees_other_writers(#[values(Backend::Memory, Backend::SoftHsm)] backend: Backend) {
+fn rescan_sees_other_writers(
+    #[values(Backend::Memory, Backend::SoftHsm, Backend::Pico)] backend: Backend,
+) {
     let fresh = Fresh::new(backend);
     let ours = fresh.store();
     ours.write("kept", &secret_data([("k", "1")]), MetadataChange::Keep)
@@ -361,7 +373,9 @@ fn rescan_sees_other_writers(#[values(Backend::Memory, Backend::SoftHsm)] backen
 }
 
 #[rstest]
-fn a_stale_index_heals_on_read(#[values(Backend::Memory, Backend::SoftHsm)] backend: Backend) {
+fn a_stale_index_heals_on_read(
+    #[values(Backend::Memory, Backend::SoftHsm, Backend::Pico)] backend: Backend,
+) {
     let fresh = Fresh::new(backend);
     let ours = fresh.store();
     ours.write("s", &secret_data([("k", "1")]), MetadataChange::Keep)
@@ -380,7 +394,7 @@ fn a_stale_index_heals_on_read(#[values(Backend::Memory, Backend::SoftHsm)] back
 
 #[rstest]
 fn a_reopened_store_numbers_on_and_asks_old_followers_to_resync(
-    #[values(Backend::Memory, Backend::SoftHsm)] backend: Backend,
+    #[values(Backend::Memory, Backend::SoftHsm, Backend::Pico)] backend: Backend,
 ) {
     let fresh = Fresh::new(backend);
     let first = fresh.store();

@@ -25,6 +25,10 @@ use zeroize::Zeroizing;
 pub struct Module {
     path: PathBuf,
     pub(crate) ctx: Pkcs11,
+    /// OpenSC reads `CKA_APPLICATION` as a NUL-terminated C string and ignores its length:
+    /// without a NUL it stores bytes read past the value. On such a module the store writes
+    /// the NUL and recognises its objects by comparing what is stored (see [`app_matches`]).
+    c_string_application: bool,
 }
 
 impl std::fmt::Debug for Module {
@@ -58,7 +62,15 @@ impl Module {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => return Err(load_error(format!("C_Initialize: {e}"))),
         }
-        let module = Module { path, ctx };
+        let c_string_application = ctx
+            .get_library_info()
+            .map(|info| info.manufacturer_id().contains("OpenSC"))
+            .unwrap_or(false);
+        let module = Module {
+            path,
+            ctx,
+            c_string_application,
+        };
         modules.insert(module.path.clone(), module.clone());
         Ok(module)
     }
@@ -301,16 +313,31 @@ fn object_handle(handle: Handle) -> ObjectHandle {
 
 impl Token for Pkcs11Token {
     fn find(&self, application: &str, label: Option<&str>) -> Result<Vec<Handle>, TokenError> {
-        let mut template = vec![
-            Attribute::Class(ObjectClass::DATA),
-            Attribute::Token(true),
-            Attribute::Application(application.as_bytes().to_vec()),
-        ];
+        let mut template = vec![Attribute::Class(ObjectClass::DATA), Attribute::Token(true)];
         if let Some(label) = label {
             template.push(Attribute::Label(label.as_bytes().to_vec()));
         }
-        self.with_session("C_FindObjects", |s| s.find_objects(&template))
-            .map(|handles| handles.into_iter().map(|h| h.handle() as Handle).collect())
+        if !self.module.c_string_application {
+            template.push(Attribute::Application(application.as_bytes().to_vec()));
+            return self
+                .with_session("C_FindObjects", |s| s.find_objects(&template))
+                .map(|handles| handles.into_iter().map(|h| h.handle() as Handle).collect());
+        }
+        // The stored application may carry bytes OpenSC read past a value written without a
+        // NUL (the Go operator's objects): compare what is stored instead of matching exactly.
+        let handles = self.with_session("C_FindObjects", |s| s.find_objects(&template))?;
+        let mut ours = Vec::new();
+        for handle in handles {
+            let stored = self.with_session("C_GetAttributeValue", |s| {
+                s.get_attributes(handle, &[AttributeType::Application])
+            })?;
+            if let Some(Attribute::Application(stored)) = stored.into_iter().next()
+                && app_matches(&stored, application.as_bytes())
+            {
+                ours.push(handle.handle() as Handle);
+            }
+        }
+        Ok(ours)
     }
 
     fn read(&self, handle: Handle) -> Result<StoredObject, TokenError> {
@@ -339,13 +366,17 @@ impl Token for Pkcs11Token {
     }
 
     fn create(&self, object: &NewObject<'_>) -> Result<Handle, TokenError> {
+        let mut application = object.application.as_bytes().to_vec();
+        if self.module.c_string_application {
+            application.push(0);
+        }
         let template = [
             Attribute::Class(ObjectClass::DATA),
             Attribute::Token(true),
             Attribute::Private(true),
             Attribute::Modifiable(true),
             Attribute::Label(object.label.as_bytes().to_vec()),
-            Attribute::Application(object.application.as_bytes().to_vec()),
+            Attribute::Application(application),
             Attribute::ObjectId(object.object_id.clone()),
             Attribute::Value(object.value.to_vec()),
         ];
@@ -374,6 +405,17 @@ impl Token for Pkcs11Token {
             .get_token_info(self.slot)
             .map(|i| token_info(&i))
             .map_err(|e| map_error("C_GetTokenInfo", e))
+    }
+}
+
+/// Whether a stored `CKA_APPLICATION` is `wanted`: exactly, or with a trailing NUL, or
+/// followed by bytes that cannot continue an application name (what OpenSC stores when a
+/// value without a NUL is read past its end).
+pub fn app_matches(stored: &[u8], wanted: &[u8]) -> bool {
+    match stored.strip_prefix(wanted) {
+        Some([]) => true,
+        Some([next, ..]) => !(next.is_ascii_alphanumeric() || matches!(next, b'-' | b'_' | b'.')),
+        None => false,
     }
 }
 
@@ -409,4 +451,20 @@ fn map_error(call: &'static str, error: CkError) -> TokenError {
         other => TokenErrorKind::Other(other.to_string()),
     };
     TokenError { call, kind }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::app_matches;
+
+    #[test]
+    fn applications_with_opensc_over_read_bytes_still_match() {
+        let app = b"hsm-secrets-operator";
+        assert!(app_matches(b"hsm-secrets-operator", app));
+        assert!(app_matches(b"hsm-secrets-operator\0", app));
+        assert!(app_matches(b"hsm-secrets-operator\xcf\x7f", app));
+        assert!(!app_matches(b"hsm-secrets-operator2", app));
+        assert!(!app_matches(b"hsm-secrets-operator-x", app));
+        assert!(!app_matches(b"other", app));
+    }
 }

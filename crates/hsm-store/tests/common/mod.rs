@@ -11,12 +11,15 @@ use std::sync::Arc;
 pub enum Backend {
     Memory,
     SoftHsm,
+    /// The virtual SmartCard-HSM through pcscd and OpenSC (one per test process).
+    Pico,
 }
 
 /// A token that can be opened again, as a restarted process would.
 pub enum Fresh {
     Memory(Arc<MemoryToken>),
     SoftHsm(SoftHsm),
+    Pico(virtual_pico::fixture::PicoFixture, hsm_store::Module),
 }
 
 pub type AnyToken = Arc<dyn Token>;
@@ -26,6 +29,12 @@ impl Fresh {
         match backend {
             Backend::Memory => Fresh::Memory(Arc::new(MemoryToken::new())),
             Backend::SoftHsm => Fresh::SoftHsm(SoftHsm::new()),
+            Backend::Pico => {
+                let fixture = virtual_pico::fixture::PicoFixture::start().expect("virtual card");
+                let module = hsm_store::Module::load(virtual_pico::fixture::OPENSC_MODULE)
+                    .expect("OpenSC module");
+                Fresh::Pico(fixture, module)
+            }
         }
     }
 
@@ -34,6 +43,14 @@ impl Fresh {
         match self {
             Fresh::Memory(m) => m.clone(),
             Fresh::SoftHsm(s) => Arc::new(s.open().expect("open SoftHSM2 token")) as Arc<dyn Token>,
+            Fresh::Pico(_, module) => Arc::new(
+                Pkcs11Token::open(
+                    module,
+                    &hsm_store::TokenSelector::First,
+                    &virtual_pico::fixture::USER_PIN.into(),
+                )
+                .expect("open the virtual card"),
+            ) as Arc<dyn Token>,
         }
     }
 
@@ -48,7 +65,7 @@ impl Fresh {
     pub fn pkcs11(&self) -> Option<Pkcs11Token> {
         match self {
             Fresh::SoftHsm(s) => Some(s.open().unwrap()),
-            Fresh::Memory(_) => None,
+            _ => None,
         }
     }
 }
