@@ -120,6 +120,8 @@ struct State {
     store: Option<Arc<DeviceStore>>,
     /// The last version of the store that was lost, to number on from.
     last_version: u64,
+    /// The serial number of the token connected (or last connected).
+    serial: String,
     readiness: Readiness,
     next_attempt: Instant,
     backoff: Duration,
@@ -160,6 +162,7 @@ impl Device {
             state: Mutex::new(State {
                 store: None,
                 last_version: 0,
+                serial: String::new(),
                 readiness: Readiness::NotReady {
                     reason: NotReadyReason::Connecting,
                     message: "not connected yet".into(),
@@ -220,6 +223,12 @@ impl Device {
     /// How many times this device has offered the token a PIN.
     pub fn login_attempts(&self) -> u64 {
         self.login_attempts.load(Ordering::SeqCst)
+    }
+
+    /// The serial number of the token connected (or last connected); empty before the first
+    /// connection. Known without a token call.
+    pub fn serial(&self) -> String {
+        self.state.lock().serial.clone()
     }
 
     /// How many times it connected (1 + the number of recoveries).
@@ -304,9 +313,10 @@ impl Device {
         let attempt = self.connect(previous_version);
         let mut state = self.state.lock();
         match attempt {
-            Ok(store) => {
+            Ok((store, serial)) => {
                 let store = Arc::new(store);
                 state.store = Some(store.clone());
+                state.serial = serial;
                 state.readiness = Readiness::Ready;
                 state.backoff = self.config.min_backoff;
                 self.connections.fetch_add(1, Ordering::SeqCst);
@@ -339,7 +349,11 @@ impl Device {
     }
 
     /// One connection attempt; the store numbers versions on from `previous_version`.
-    fn connect(&self, previous_version: u64) -> Result<DeviceStore, (NotReadyReason, String)> {
+    /// Returns the store and the token's serial number.
+    fn connect(
+        &self,
+        previous_version: u64,
+    ) -> Result<(DeviceStore, String), (NotReadyReason, String)> {
         let module = Module::load(&self.config.module)
             .map_err(|e| (NotReadyReason::ModuleUnavailable, e.to_string()))?;
         let serial = module
@@ -393,14 +407,16 @@ impl Device {
             }
             Err(e) => return Err((NotReadyReason::Failed, e.to_string())),
         };
-        Store::open_continuing(token, previous_version).map_err(|e| {
-            let reason = if e.is_token_lost() {
-                NotReadyReason::TokenLost
-            } else {
-                NotReadyReason::Failed
-            };
-            (reason, e.to_string())
-        })
+        Store::open_continuing(token, previous_version)
+            .map(|store| (store, serial))
+            .map_err(|e| {
+                let reason = if e.is_token_lost() {
+                    NotReadyReason::TokenLost
+                } else {
+                    NotReadyReason::Failed
+                };
+                (reason, e.to_string())
+            })
     }
 }
 

@@ -304,14 +304,11 @@ impl HsmAgent for AgentService {
     }
 
     async fn get_index(&self, _: Request<GetIndexRequest>) -> Reply<GetIndexResponse> {
+        // From the index and the device's memory: no token call.
         let (entries, version) = self
             .blocking(|store| Ok((store.entries(), store.version())))
             .await?;
-        let serial_number = self
-            .blocking(|store| store.info())
-            .await
-            .map(|i| i.serial_number)
-            .unwrap_or_default();
+        let serial_number = self.device.serial();
         Ok(Response::new(GetIndexResponse {
             entries: entries.into_iter().map(entry).collect(),
             version,

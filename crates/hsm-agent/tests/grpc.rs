@@ -280,7 +280,16 @@ async fn the_index_and_the_change_stream() {
     assert_eq!(index.entries[0].name, "a");
     assert_eq!(index.entries[0].sync_version, 3);
     assert!(index.entries[0].checksum.starts_with("sha256:"));
-    assert!(!index.serial_number.is_empty());
+    let serial = hsm
+        .module
+        .tokens()
+        .unwrap()
+        .into_iter()
+        .find(|(_, info)| info.label == hsm.label)
+        .unwrap()
+        .1
+        .serial_number;
+    assert_eq!(index.serial_number, serial);
 
     let mut stream = client
         .watch_changes(WatchChangesRequest {

@@ -87,7 +87,7 @@ async fn starts_restarts_and_stops_the_real_pcscd() {
     assert!(!socket.exists());
     let logs = captured.text();
     assert!(
-        logs.contains("pcscd"),
+        logs.contains("pcscdaemon.c"),
         "pcscd's output reaches the agent log"
     );
 }
