@@ -4,8 +4,10 @@
 //! UPDATE BINARY. Every input gets a status word; nothing panics.
 
 use crate::apdu::{Apdu, sw};
+use crate::saved::{SavedCard, SavedError, SavedPin};
 use crate::tlv;
 use std::collections::BTreeMap;
+use std::path::Path;
 use zeroize::Zeroizing;
 
 /// The applet id OpenSC selects.
@@ -117,6 +119,61 @@ impl Card {
         }
     }
 
+    /// The card as saved bytes: files, PINs and counters, options (see [`crate::saved`]).
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        self.saved().encode()
+    }
+
+    /// A card from [`Card::to_bytes`], as just powered on.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Card, SavedError> {
+        Ok(Card::restored(SavedCard::decode(bytes)?))
+    }
+
+    /// Saves the card to `path`, atomically.
+    pub fn save(&self, path: &Path) -> Result<(), SavedError> {
+        self.saved().store(path)
+    }
+
+    /// The card saved at `path`, as just powered on.
+    pub fn load(path: &Path) -> Result<Card, SavedError> {
+        Ok(Card::restored(SavedCard::load(path)?))
+    }
+
+    fn saved(&self) -> SavedCard {
+        let pin = |p: &Option<Pin>| {
+            p.as_ref().map(|p| SavedPin {
+                value: p.value.clone(),
+                max: p.max,
+                left: p.left,
+            })
+        };
+        SavedCard {
+            options: self.options,
+            user: pin(&self.user),
+            so: pin(&self.so),
+            files: self.files.iter().map(|(k, v)| (*k, v.clone())).collect(),
+        }
+    }
+
+    fn restored(saved: SavedCard) -> Card {
+        let pin = |p: Option<SavedPin>| {
+            p.map(|p| Pin {
+                value: p.value,
+                max: p.max,
+                left: p.left,
+            })
+        };
+        Card {
+            files: saved.files.into_iter().collect(),
+            user: pin(saved.user),
+            so: pin(saved.so),
+            options: saved.options,
+            selected: false,
+            verified: false,
+            current: None,
+        }
+    }
+
     /// Power on, power off or reset: the volatile state goes.
     pub fn reset(&mut self) {
         self.selected = false;
@@ -195,13 +252,7 @@ impl Card {
                 if apdu.p2 == 0x0C {
                     return Ok(Vec::new());
                 }
-                // Tag 80 is read as a signed integer: sizes from 0x8000 need a leading 00.
-                let size_bytes = if size >= 0x8000 {
-                    vec![0x00, (size >> 8) as u8, size as u8]
-                } else {
-                    vec![(size >> 8) as u8, size as u8]
-                };
-                let mut fcp = tlv::encode(0x80, &size_bytes);
+                let mut fcp = tlv::encode(0x80, &fcp_size(size));
                 fcp.extend(tlv::encode(0x82, &[0x01]));
                 fcp.extend(tlv::encode(0x83, &fid.to_be_bytes()));
                 Ok(tlv::encode(0x62, &fcp))
@@ -452,6 +503,17 @@ fn fid_of(data: &[u8]) -> Option<u16> {
 }
 
 /// The offset of an odd-instruction READ BINARY (`54 02 hi lo`, or none: 0).
+/// The FCP's tag-80 file size. OpenSC reads it as a *signed* big-endian integer, so sizes from
+/// 0x8000 take three bytes (a 64 KiB object is `01 00 00`); anything shorter would be read as
+/// negative or zero and OpenSC would fall back to reading 1024 bytes.
+fn fcp_size(size: usize) -> Vec<u8> {
+    if size >= 0x8000 {
+        vec![(size >> 16) as u8, (size >> 8) as u8, size as u8]
+    } else {
+        vec![(size >> 8) as u8, size as u8]
+    }
+}
+
 fn offset(data: &[u8]) -> Result<usize, u16> {
     match data {
         [] => Ok(0),
@@ -481,4 +543,18 @@ fn device_certificate(serial: &str) -> Vec<u8> {
     let mut certificate = tlv::encode(0x7F4E, &body);
     certificate.extend(tlv::encode(0x5F37, &[0x5A; 64]));
     tlv::encode(0x7F21, &certificate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fcp_size;
+
+    #[test]
+    fn fcp_sizes_stay_positive_when_read_as_signed() {
+        assert_eq!(fcp_size(0), [0x00, 0x00]);
+        assert_eq!(fcp_size(0x7FFF), [0x7F, 0xFF]);
+        assert_eq!(fcp_size(0x8000), [0x00, 0x80, 0x00]);
+        assert_eq!(fcp_size(0xFFFF), [0x00, 0xFF, 0xFF]);
+        assert_eq!(fcp_size(0x1_0000), [0x01, 0x00, 0x00]);
+    }
 }

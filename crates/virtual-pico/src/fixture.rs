@@ -39,10 +39,15 @@ pub enum FixtureError {
 
 static IN_USE: AtomicBool = AtomicBool::new(false);
 
+/// The serial number of the fixture's card.
+pub const SERIAL: &str = "DEEMU13092";
+
 /// pcscd, the reader and the card.
 pub struct PicoFixture {
     dir: tempfile::TempDir,
     pcscd: Child,
+    port: u16,
+    saved: Option<PathBuf>,
     /// The card: remove, insert, latency, APDU counter and log.
     pub card: VirtualCard,
 }
@@ -73,6 +78,16 @@ impl PicoFixture {
     /// Starts pcscd and the card, and initialises the card (user PIN [`USER_PIN`], label
     /// [`TOKEN_LABEL`]). Sets `PCSCLITE_CSOCK_NAME` for this process.
     pub fn start() -> Result<PicoFixture, FixtureError> {
+        PicoFixture::start_with(None)
+    }
+
+    /// As [`PicoFixture::start`], with the card saved to `path` after every change: a card
+    /// already saved there is plugged in as it is (initialised only if it is blank).
+    pub fn start_saved(path: &Path) -> Result<PicoFixture, FixtureError> {
+        PicoFixture::start_with(Some(path))
+    }
+
+    fn start_with(saved: Option<&Path>) -> Result<PicoFixture, FixtureError> {
         for needed in [
             "/usr/sbin/pcscd",
             VPCD_DRIVER,
@@ -120,10 +135,20 @@ impl PicoFixture {
             .spawn()
             .map_err(step("starting pcscd"))?;
         let socket = run.join("pcscd.comm");
-        let card = VirtualCard::start(port, Card::new("DEEMU13092"));
-        let fixture = PicoFixture { dir, pcscd, card };
+        let card = match saved {
+            Some(path) => VirtualCard::start_saved(port, path, SERIAL)
+                .map_err(|e| FixtureError::Step(e.to_string()))?,
+            None => VirtualCard::start(port, Card::new(SERIAL)),
+        };
+        let fixture = PicoFixture {
+            dir,
+            pcscd,
+            port,
+            saved: saved.map(Path::to_owned),
+            card,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() || !fixture.card.is_connected() {
+        while !socket.exists() || !fixture.card.is_recognised() {
             if Instant::now() > deadline {
                 return Err(FixtureError::Step(
                     "pcscd or the card did not come up".into(),
@@ -137,8 +162,57 @@ impl PicoFixture {
         unsafe {
             std::env::set_var("PCSCLITE_CSOCK_NAME", &socket)
         };
-        fixture.initialize()?;
+        if !fixture.card.card().is_initialized() {
+            fixture.initialize()?;
+        }
         Ok(fixture)
+    }
+
+    /// Pulls the card, replaces everything on it with `card` and plugs it in again, waiting
+    /// until the reader has it. Sessions opened before see the card removed; a new session
+    /// sees `card` (a snapshot from [`VirtualCard::card`] restores the card as it was).
+    pub fn replug(&self, card: Card) -> Result<(), FixtureError> {
+        self.card.remove();
+        self.wait_for(false)?;
+        self.card
+            .set_card(card)
+            .map_err(|e| FixtureError::Step(e.to_string()))?;
+        self.card.insert();
+        self.wait_for(true)
+    }
+
+    /// Stops the card's emulator and starts a new one from the file the card is saved in,
+    /// as unplugging a USB token and plugging it in later. Only for [`PicoFixture::start_saved`].
+    pub fn restart_card(&mut self) -> Result<(), FixtureError> {
+        let path = self.saved.clone().ok_or_else(|| {
+            FixtureError::Step("restart_card needs a fixture from start_saved".into())
+        })?;
+        // The old emulator must let go of the reader before the new one connects.
+        self.card.remove();
+        self.wait_for(false)?;
+        self.card = VirtualCard::start_saved(self.port, &path, SERIAL)
+            .map_err(|e| FixtureError::Step(e.to_string()))?;
+        self.wait_for(true)
+    }
+
+    fn wait_for(&self, connected: bool) -> Result<(), FixtureError> {
+        // Coming back means pcscd has recognised the card, not only that the reader has it:
+        // until pcscd's next poll its clients still see the old state.
+        let done = |card: &VirtualCard| match connected {
+            true => card.is_recognised(),
+            false => !card.is_connected(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&self.card) {
+            if Instant::now() > deadline {
+                return Err(FixtureError::Step(format!(
+                    "the card did not {}",
+                    if connected { "come back" } else { "go" }
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     /// pcscd's socket (what `PCSCLITE_CSOCK_NAME` names).

@@ -9,5 +9,6 @@
 pub mod apdu;
 pub mod card;
 pub mod fixture;
+pub mod saved;
 pub mod tlv;
 pub mod vpcd;

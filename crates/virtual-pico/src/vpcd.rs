@@ -5,11 +5,14 @@
 //!
 //! Test controls: remove and insert (close and reopen the connection, as pulling and plugging
 //! a USB card), a latency per APDU, an APDU counter and a log without data bytes, and a fault
-//! that drops the card after N APDUs.
+//! that drops the card after N APDUs. The card's state can be saved to a file after every
+//! command that changes it, so a stopped emulator plugs the same card in again.
 
 use crate::card::{ATR, Card};
+use crate::saved::SavedError;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -42,6 +45,24 @@ struct Shared {
     drop_at: AtomicU64,
     log: Mutex<Vec<LoggedApdu>>,
     connected: AtomicBool,
+    /// pcscd has powered the card up since it connected: it has recognised the card.
+    recognised: AtomicBool,
+    saved: Mutex<Option<Saved>>,
+}
+
+/// Where the card is saved, and what was saved last (to skip writes that change nothing).
+struct Saved {
+    path: PathBuf,
+    last: zeroize::Zeroizing<Vec<u8>>,
+}
+
+/// SW 6581: memory failure (the card could not write its flash).
+const MEMORY_FAILURE: [u8; 2] = [0x65, 0x81];
+
+/// Instructions that may change what the card keeps: VERIFY (counters), CHANGE REFERENCE
+/// DATA, RESET RETRY COUNTER, INITIALIZE DEVICE, UPDATE BINARY, DELETE FILE.
+fn may_change_flash(ins: u8) -> bool {
+    matches!(ins, 0x20 | 0x24 | 0x2C | 0x50 | 0xD7 | 0xE4)
 }
 
 /// A card plugged into a vpcd reader, served by a background thread.
@@ -63,6 +84,27 @@ impl VirtualCard {
     /// Plugs `card` into the vpcd reader listening on `127.0.0.1:port`. The card keeps
     /// trying to connect until the reader is there.
     pub fn start(port: u16, card: Card) -> VirtualCard {
+        VirtualCard::start_with(port, card, None)
+    }
+
+    /// Plugs in the card saved at `path`, or a blank card named `serial` if there is no such
+    /// file yet, and saves the card there after every command that changes it.
+    pub fn start_saved(port: u16, path: &Path, serial: &str) -> Result<VirtualCard, SavedError> {
+        let card = if path.exists() {
+            Card::load(path)?
+        } else {
+            let card = Card::new(serial);
+            card.save(path)?;
+            card
+        };
+        let saved = Saved {
+            path: path.to_owned(),
+            last: card.to_bytes(),
+        };
+        Ok(VirtualCard::start_with(port, card, Some(saved)))
+    }
+
+    fn start_with(port: u16, card: Card, saved: Option<Saved>) -> VirtualCard {
         let shared = Arc::new(Shared {
             card: Mutex::new(card),
             inserted: AtomicBool::new(true),
@@ -72,6 +114,8 @@ impl VirtualCard {
             drop_at: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             connected: AtomicBool::new(false),
+            recognised: AtomicBool::new(false),
+            saved: Mutex::new(saved),
         });
         let thread = {
             let shared = shared.clone();
@@ -98,10 +142,28 @@ impl VirtualCard {
         self.shared.connected.load(Ordering::SeqCst)
     }
 
+    /// Whether pcscd has recognised the card since it was plugged in (it powers a new card
+    /// up to read its ATR): from then on its clients see the card. A connection alone may
+    /// still wait for pcscd's next poll. Stays true while the card is in, also after pcscd
+    /// powers an idle card down.
+    pub fn is_recognised(&self) -> bool {
+        self.is_connected() && self.shared.recognised.load(Ordering::SeqCst)
+    }
+
     /// Waits until the reader has the card, up to `timeout`.
     pub fn wait_connected(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, VirtualCard::is_connected)
+    }
+
+    /// Waits until pcscd has recognised the card ([`VirtualCard::is_recognised`]), up to
+    /// `timeout`.
+    pub fn wait_recognised(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, VirtualCard::is_recognised)
+    }
+
+    fn wait_until(&self, timeout: Duration, ready: fn(&VirtualCard) -> bool) -> bool {
         let deadline = std::time::Instant::now() + timeout;
-        while !self.is_connected() {
+        while !ready(self) {
             if std::time::Instant::now() >= deadline {
                 return false;
             }
@@ -137,6 +199,15 @@ impl VirtualCard {
     pub fn card(&self) -> Card {
         self.shared.card.lock().expect("card").clone()
     }
+
+    /// Replaces the card's whole state (best done while it is removed: a reader that has the
+    /// card sees its files change underneath). Saved too, when the card is saved to a file.
+    pub fn set_card(&self, card: Card) -> Result<(), SavedError> {
+        let mut current = self.shared.card.lock().expect("card");
+        *current = card;
+        current.reset();
+        persist(&current, &self.shared)
+    }
 }
 
 impl Drop for VirtualCard {
@@ -159,6 +230,7 @@ fn run(port: u16, shared: &Shared) {
             continue;
         };
         shared.card.lock().expect("card").reset();
+        shared.recognised.store(false, Ordering::SeqCst);
         shared.connected.store(true, Ordering::SeqCst);
         serve(stream, shared);
         shared.connected.store(false, Ordering::SeqCst);
@@ -179,6 +251,10 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
             Err(_) => return,
         }
+        // vpcd sends length and body in two writes and, under Nagle, holds the body until
+        // the length is acknowledged: acknowledge it now, not after the ~40 ms delayed ACK.
+        // Quick ACK is not sticky, so it is set again after every read.
+        quick_ack(&stream);
         let mut message = vec![0u8; u16::from_be_bytes(length) as usize];
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
         let read = stream.read_exact(&mut message);
@@ -186,16 +262,18 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
         if read.is_err() {
             return;
         }
-        // vpcd sends length and body in two writes; without a quick ACK each APDU stalls
-        // on delayed ACK for about 40 ms. Not sticky: set it after every read.
-        let _ = socket2::SockRef::from(&stream).set_tcp_quickack(true);
+        quick_ack(&stream);
         let reply = match message.as_slice() {
-            [0] | [1] | [2] => {
+            [command @ 0..=2] => {
                 shared.card.lock().expect("card").reset();
+                // 0 powers off; 1 powers on, 2 resets.
+                if *command != 0 {
+                    shared.recognised.store(true, Ordering::SeqCst);
+                }
                 None
             }
             [4] => Some(ATR.to_vec()),
-            [_] => None,
+            [] | [_] => None,
             apdu => Some(answer(apdu, shared)),
         };
         if let Some(reply) = reply {
@@ -214,12 +292,40 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     }
 }
 
+/// Sends any pending ACK now and keeps the socket out of delayed-ACK mode until the kernel
+/// next falls back to it.
+fn quick_ack(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
+}
+
+/// Saves the card if it is saved to a file and changed since the last save.
+fn persist(card: &Card, shared: &Shared) -> Result<(), SavedError> {
+    let mut saved = shared.saved.lock().expect("saved");
+    let Some(saved) = saved.as_mut() else {
+        return Ok(());
+    };
+    let now = card.to_bytes();
+    if now != saved.last {
+        card.save(&saved.path)?;
+        saved.last = now;
+    }
+    Ok(())
+}
+
 fn answer(apdu: &[u8], shared: &Shared) -> Vec<u8> {
     let latency = shared.latency_us.load(Ordering::SeqCst);
     if latency > 0 {
         std::thread::sleep(Duration::from_micros(latency));
     }
-    let response = shared.card.lock().expect("card").process(apdu);
+    let response = {
+        let mut card = shared.card.lock().expect("card");
+        let response = card.process(apdu);
+        if may_change_flash(apdu[1]) && persist(&card, shared).is_err() {
+            MEMORY_FAILURE.to_vec()
+        } else {
+            response
+        }
+    };
     shared.apdus.fetch_add(1, Ordering::SeqCst);
     let sw = u16::from_be_bytes([response[response.len() - 2], response[response.len() - 1]]);
     let header = [

@@ -208,3 +208,88 @@ fn a_new_session_recovers_after_removal_without_finalize() {
     fresh.login(UserType::User, Some(&pin(USER_PIN))).unwrap();
     assert_eq!(value_of(&fresh, "s/k").unwrap(), b"before");
 }
+
+/// OpenSC's own limits (reference: 64 KiB per object, 128 objects per token in its PKCS#11
+/// layer): the card takes everything OpenSC can send and gives it back.
+#[test]
+fn objects_as_large_and_as_many_as_opensc_allows() {
+    let _fixture = PicoFixture::start().unwrap();
+    let largest: Vec<u8> = (0..65_536u32).map(|i| (i * 7 + i / 256) as u8).collect();
+    {
+        let (p11, slot) = module();
+        let session = p11.open_rw_session(slot).unwrap();
+        session.login(UserType::User, Some(&pin(USER_PIN))).unwrap();
+        create(&session, "big/data", &largest);
+        for i in 1..128 {
+            create(
+                &session,
+                &format!("many/{i:03}"),
+                format!("value {i}").as_bytes(),
+            );
+        }
+        p11.finalize().unwrap();
+    }
+    // A newly initialised module reads everything back from the card.
+    let (p11, slot) = module();
+    let session = p11.open_rw_session(slot).unwrap();
+    session.login(UserType::User, Some(&pin(USER_PIN))).unwrap();
+    let all = session
+        .find_objects(&[Attribute::Class(ObjectClass::DATA)])
+        .unwrap();
+    assert_eq!(all.len(), 128);
+    let back = value_of(&session, "big/data").unwrap();
+    let first_difference = back.iter().zip(&largest).position(|(a, b)| a != b);
+    assert!(
+        back.len() == largest.len() && first_difference.is_none(),
+        "read {} bytes of {}, first difference at {first_difference:?}",
+        back.len(),
+        largest.len()
+    );
+    for i in [1, 64, 127] {
+        assert_eq!(
+            value_of(&session, &format!("many/{i:03}")).unwrap(),
+            format!("value {i}").as_bytes()
+        );
+    }
+}
+
+/// A card saved to a file is the same card after its emulator stops and starts again, as a
+/// USB token unplugged and plugged in later: its objects and its PIN.
+#[test]
+fn a_saved_card_survives_its_emulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("card");
+    let mut fixture = PicoFixture::start_saved(&path).unwrap();
+    let (p11, slot) = module();
+    {
+        let session = p11.open_rw_session(slot).unwrap();
+        session.login(UserType::User, Some(&pin(USER_PIN))).unwrap();
+        create(&session, "kept/k", b"survives");
+    }
+    fixture.restart_card().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // pcscd notices the swap only at its next poll: until then OpenSC may still hand out a
+    // session on the old card, which fails at the first command.
+    let session = loop {
+        if let Some(slot) = p11.get_slots_with_token().unwrap().first()
+            && let Ok(session) = p11.open_rw_session(*slot)
+            && session.login(UserType::User, Some(&pin(USER_PIN))).is_ok()
+        {
+            break session;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the card never came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(value_of(&session, "kept/k").unwrap(), b"survives");
+    drop(session);
+    let left = fixture.card.card().to_bytes();
+    drop(fixture);
+    // A new fixture on the same file plugs the card in as it was, without re-initialising
+    // it. (OpenSC's pcsc-lite keeps the first fixture's socket for the process, so this
+    // compares the card itself.)
+    let again = PicoFixture::start_saved(&path).unwrap();
+    assert!(again.card.card().to_bytes() == left, "the card changed");
+}

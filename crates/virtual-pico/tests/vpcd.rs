@@ -135,3 +135,102 @@ fn drops_out_after_n_apdus_and_adds_latency() {
     );
     assert!(!card.is_connected() || closed(&mut link));
 }
+
+fn initialise(link: &mut TcpStream) {
+    send(link, &select_applet());
+    receive(link);
+    let init = [
+        &[
+            0x80u8, 0x50, 0x00, 0x00, 0x19, 0x80, 0x02, 0x00, 0x01, 0x81, 0x06,
+        ][..],
+        b"648219",
+        &[0x82, 0x08],
+        b"57621880",
+        &[0x91, 0x01, 0x03],
+    ]
+    .concat();
+    send(link, &init);
+    assert_eq!(receive(link), vec![0x90, 0x00]);
+}
+
+#[test]
+fn a_saved_card_comes_back_as_it_was_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("card");
+    let reader = Reader::new();
+    {
+        let card = VirtualCard::start_saved(reader.port(), &path, "DEEMU13092").unwrap();
+        let mut link = reader.accept();
+        initialise(&mut link);
+        // A wrong PIN: the counter goes to 2, and that is saved too.
+        send(
+            &mut link,
+            &[&[0x00u8, 0x20, 0x00, 0x81, 0x06][..], b"000000"].concat(),
+        );
+        assert_eq!(receive(&mut link), vec![0x63, 0xC2]);
+        // Log in and write a private data object.
+        send(
+            &mut link,
+            &[&[0x00u8, 0x20, 0x00, 0x81, 0x06][..], b"648219"].concat(),
+        );
+        assert_eq!(receive(&mut link), vec![0x90, 0x00]);
+        send(
+            &mut link,
+            &[
+                0x00, 0xD7, 0xCD, 0x01, 0x09, 0x54, 0x02, 0x00, 0x00, 0x53, 0x03, 7, 8, 9,
+            ],
+        );
+        assert_eq!(receive(&mut link), vec![0x90, 0x00]);
+        // One more wrong PIN after the write: 2 tries left again.
+        send(
+            &mut link,
+            &[&[0x00u8, 0x20, 0x00, 0x81, 0x06][..], b"111111"].concat(),
+        );
+        assert_eq!(receive(&mut link), vec![0x63, 0xC2]);
+        drop(card);
+    }
+    // The emulator is gone; a new one plugs in the same card.
+    let card = VirtualCard::start_saved(reader.port(), &path, "OTHER00000").unwrap();
+    let mut link = reader.accept();
+    assert_eq!(card.card().user_tries_left(), Some(2));
+    assert!(card.card().file_ids().contains(&0xCD01));
+    send(&mut link, &select_applet());
+    receive(&mut link);
+    send(&mut link, &[0x00, 0x20, 0x00, 0x81]);
+    assert_eq!(receive(&mut link), vec![0x63, 0xC2], "the counter survived");
+    send(
+        &mut link,
+        &[&[0x00u8, 0x20, 0x00, 0x81, 0x06][..], b"648219"].concat(),
+    );
+    assert_eq!(receive(&mut link), vec![0x90, 0x00], "the PIN survived");
+    send(
+        &mut link,
+        &[0x00, 0xB1, 0xCD, 0x01, 0x04, 0x54, 0x02, 0x00, 0x00, 0x00],
+    );
+    assert_eq!(
+        receive(&mut link),
+        vec![7, 8, 9, 0x90, 0x00],
+        "the file survived"
+    );
+    // The correct PIN reset the counter, and the file already says so.
+    assert_eq!(
+        card.card().to_bytes().as_slice(),
+        virtual_pico::card::Card::load(&path)
+            .unwrap()
+            .to_bytes()
+            .as_slice()
+    );
+}
+
+#[test]
+fn a_corrupt_saved_card_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("card");
+    std::fs::write(&path, b"not a card").unwrap();
+    let err = VirtualCard::start_saved(1, &path, "DEEMU13092").unwrap_err();
+    assert!(
+        matches!(err, virtual_pico::saved::SavedError::BadMagic),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"not a card");
+}
