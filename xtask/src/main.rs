@@ -64,6 +64,8 @@ enum Cmd {
 enum Fuzz {
     /// The agent's request decoding, validation and store round trip.
     Agent,
+    /// The virtual Pico HSM's command APDUs, from a blank, initialised or logged-in card.
+    Pico,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -195,6 +197,7 @@ fn fuzz(root: &Path, which: Fuzz, seconds: u64) -> Result<()> {
     }
     let (dir, target) = match which {
         Fuzz::Agent => ("crates/hsm-agent", "requests"),
+        Fuzz::Pico => ("crates/virtual-pico", "apdus"),
     };
     let time = format!("-max_total_time={seconds}");
     run(

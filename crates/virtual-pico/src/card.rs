@@ -502,7 +502,6 @@ fn fid_of(data: &[u8]) -> Option<u16> {
     }
 }
 
-/// The offset of an odd-instruction READ BINARY (`54 02 hi lo`, or none: 0).
 /// The FCP's tag-80 file size. OpenSC reads it as a *signed* big-endian integer, so sizes from
 /// 0x8000 take three bytes (a 64 KiB object is `01 00 00`); anything shorter would be read as
 /// negative or zero and OpenSC would fall back to reading 1024 bytes.
@@ -514,6 +513,7 @@ fn fcp_size(size: usize) -> Vec<u8> {
     }
 }
 
+/// The offset of an odd-instruction READ BINARY (`54 02 hi lo`, or none: 0).
 fn offset(data: &[u8]) -> Result<usize, u16> {
     match data {
         [] => Ok(0),
