@@ -150,6 +150,17 @@ impl<T: Token> Store<T> {
             match self.token.read(handle) {
                 Ok(object) => objects.push((handle, object)),
                 Err(e) if e.kind == TokenErrorKind::ObjectGone => {}
+                // Only a destroy leaves a ghost, and every destroy the store makes finishes
+                // a write: what the ghost held was on its way out. Counting it as destroyed
+                // is what that write's recovery does with it.
+                Err(TokenError {
+                    kind: TokenErrorKind::ValueLost { label },
+                    ..
+                }) => tracing::warn!(
+                    %label,
+                    "ignoring an object whose value was destroyed by an interrupted delete; \
+                     the module cannot remove it, re-initialising the token reclaims it"
+                ),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -473,7 +484,14 @@ impl<T: Token> Store<T> {
         for (key, obj) in &entry.keys {
             let object = match self.token.read(obj.handle) {
                 Ok(o) => o,
-                Err(e) if e.kind == TokenErrorKind::ObjectGone => return Ok(None),
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        TokenErrorKind::ObjectGone | TokenErrorKind::ValueLost { .. }
+                    ) =>
+                {
+                    return Ok(None);
+                }
                 Err(e) => return Err(e.into()),
             };
             if object.label != value_label(name, key) || value_digest(&object.value) != obj.digest {

@@ -196,11 +196,12 @@ impl PicoFixture {
     }
 
     fn wait_for(&self, connected: bool) -> Result<(), FixtureError> {
-        // Coming back means pcscd has recognised the card, not only that the reader has it:
-        // until pcscd's next poll its clients still see the old state.
+        // Going means pcscd has noticed the reader empty, and coming back that it has
+        // recognised the card, not only that the reader has it: until pcscd's next poll its
+        // clients still see the old state.
         let done = |card: &VirtualCard| match connected {
             true => card.is_recognised(),
-            false => !card.is_connected(),
+            false => card.is_removal_noticed(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !done(&self.card) {

@@ -47,6 +47,8 @@ struct Shared {
     connected: AtomicBool,
     /// pcscd has powered the card up since it connected: it has recognised the card.
     recognised: AtomicBool,
+    /// pcscd has polled the reader since the card was pulled and found it empty.
+    absence_noticed: AtomicBool,
     saved: Mutex<Option<Saved>>,
 }
 
@@ -115,6 +117,7 @@ impl VirtualCard {
             log: Mutex::new(Vec::new()),
             connected: AtomicBool::new(false),
             recognised: AtomicBool::new(false),
+            absence_noticed: AtomicBool::new(false),
             saved: Mutex::new(saved),
         });
         let thread = {
@@ -148,6 +151,12 @@ impl VirtualCard {
     /// powers an idle card down.
     pub fn is_recognised(&self) -> bool {
         self.is_connected() && self.shared.recognised.load(Ordering::SeqCst)
+    }
+
+    /// Whether the card is out and pcscd has noticed: it polled the reader and found it
+    /// empty, so whatever is plugged in next is a new card to it.
+    pub fn is_removal_noticed(&self) -> bool {
+        !self.is_connected() && self.shared.absence_noticed.load(Ordering::SeqCst)
     }
 
     /// Waits until the reader has the card, up to `timeout`.
@@ -221,7 +230,8 @@ impl Drop for VirtualCard {
 
 fn run(port: u16, shared: &Shared) {
     while !shared.stop.load(Ordering::SeqCst) {
-        if !shared.inserted.load(Ordering::SeqCst) {
+        let inserted = shared.inserted.load(Ordering::SeqCst);
+        if !inserted && shared.absence_noticed.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
@@ -229,11 +239,38 @@ fn run(port: u16, shared: &Shared) {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
+        if !inserted {
+            refuse_presence_poll(stream, shared);
+            continue;
+        }
         shared.card.lock().expect("card").reset();
         shared.recognised.store(false, Ordering::SeqCst);
+        shared.absence_noticed.store(false, Ordering::SeqCst);
         shared.connected.store(true, Ordering::SeqCst);
         serve(stream, shared);
         shared.connected.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A pulled card lets vpcd accept it only to hang up on its next presence poll (an ATR
+/// request), so pcscd records the reader empty. vpcd learns of a pulled card only when it
+/// next talks to it: a card plugged back in before pcscd's next poll would otherwise look as
+/// if it had never left, and pcscd would not power it up again.
+fn refuse_presence_poll(mut stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+    while !shared.stop.load(Ordering::SeqCst) && !shared.inserted.load(Ordering::SeqCst) {
+        let mut length = [0u8; 2];
+        match stream.read_exact(&mut length) {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(_) => return,
+        }
+        let mut message = vec![0u8; u16::from_be_bytes(length) as usize];
+        if stream.read_exact(&mut message).is_ok() && message == [4] {
+            shared.absence_noticed.store(true, Ordering::SeqCst);
+        }
+        // Hanging up (dropping the stream) fails whatever vpcd asked.
+        return;
     }
 }
 

@@ -293,3 +293,68 @@ fn a_saved_card_survives_its_emulator() {
     let again = PicoFixture::start_saved(&path).unwrap();
     assert!(again.card.card().to_bytes() == left, "the card changed");
 }
+
+/// A destroy cut between its two DELETE FILEs (value file, then description) leaves a ghost,
+/// as on a real SmartCard-HSM behind OpenSC 0.23: the object is still listed and its label
+/// reads, but its value fails with CKR_GENERAL_ERROR, and so does destroying it again (the
+/// driver deletes the value file first and stops when it is missing). The store relies on
+/// exactly this to recognise ghosts.
+#[test]
+fn a_destroy_cut_in_half_leaves_a_ghost() {
+    let fixture = PicoFixture::start().unwrap();
+    let (p11, slot) = module();
+    {
+        let session = p11.open_rw_session(slot).unwrap();
+        session.login(UserType::User, Some(&pin(USER_PIN))).unwrap();
+        create(&session, "torn/k", b"value");
+        let handle = session
+            .find_objects(&[Attribute::Label(b"torn/k".to_vec())])
+            .unwrap()[0];
+        // A SELECT, then DELETE FILE of the value: pulled right after it.
+        fixture.card.drop_after(2);
+        assert_eq!(
+            rv(session.destroy_object(handle)),
+            Some(RvError::GeneralError)
+        );
+        let last = fixture.card.apdu_log().pop().unwrap();
+        assert_eq!((last.header[1], last.sw), (0xE4, 0x9000));
+    }
+    fixture.replug(fixture.card.card()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let session = loop {
+        if let Some(slot) = p11.get_slots_with_token().unwrap().first()
+            && let Ok(session) = p11.open_rw_session(*slot)
+            && session.login(UserType::User, Some(&pin(USER_PIN))).is_ok()
+        {
+            break session;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the card never came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ghost = session
+        .find_objects(&[Attribute::Label(b"torn/k".to_vec())])
+        .unwrap();
+    assert_eq!(ghost.len(), 1, "the ghost is listed");
+    let label = session.get_attributes(ghost[0], &[AttributeType::Label]);
+    assert_eq!(label.unwrap(), vec![Attribute::Label(b"torn/k".to_vec())]);
+    let value = session.get_attributes(ghost[0], &[AttributeType::Value]);
+    assert!(
+        matches!(value, Err(Error::Pkcs11(RvError::GeneralError, _))),
+        "{value:?}"
+    );
+    assert_eq!(
+        rv(session.destroy_object(ghost[0])),
+        Some(RvError::GeneralError)
+    );
+    assert_eq!(
+        session
+            .find_objects(&[Attribute::Label(b"torn/k".to_vec())])
+            .unwrap()
+            .len(),
+        1,
+        "the ghost stays"
+    );
+}

@@ -12,6 +12,8 @@ struct Object {
     label: String,
     application: String,
     value: Zeroizing<Vec<u8>>,
+    /// A ghost: listed, but its value is gone and it cannot be destroyed.
+    value_lost: bool,
 }
 
 /// An in-memory token.
@@ -30,6 +32,16 @@ impl MemoryToken {
     /// An empty token.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Turns the object into a ghost, as a destroy cut in half leaves one on a
+    /// SmartCard-HSM behind OpenSC: still listed, its value unreadable
+    /// ([`TokenErrorKind::ValueLost`]), and destroying it fails.
+    pub fn lose_value(&self, handle: Handle) {
+        if let Some(object) = self.state.lock().objects.get_mut(&handle) {
+            object.value = Zeroizing::new(Vec::new());
+            object.value_lost = true;
+        }
     }
 
     /// How many objects it holds (foreign ones included).
@@ -65,6 +77,14 @@ impl Token for MemoryToken {
             call: "C_GetAttributeValue",
             kind: TokenErrorKind::ObjectGone,
         })?;
+        if object.value_lost {
+            return Err(TokenError {
+                call: "C_GetAttributeValue",
+                kind: TokenErrorKind::ValueLost {
+                    label: object.label.clone(),
+                },
+            });
+        }
         Ok(StoredObject {
             label: object.label.clone(),
             value: object.value.clone(),
@@ -81,13 +101,21 @@ impl Token for MemoryToken {
                 label: object.label.to_owned(),
                 application: object.application.to_owned(),
                 value: Zeroizing::new(object.value.to_vec()),
+                value_lost: false,
             },
         );
         Ok(handle)
     }
 
     fn destroy(&self, handle: Handle) -> Result<(), TokenError> {
-        match self.state.lock().objects.remove(&handle) {
+        let mut state = self.state.lock();
+        if state.objects.get(&handle).is_some_and(|o| o.value_lost) {
+            return Err(TokenError {
+                call: "C_DestroyObject",
+                kind: TokenErrorKind::Other("GeneralError".into()),
+            });
+        }
+        match state.objects.remove(&handle) {
             Some(_) => Ok(()),
             None => Err(TokenError {
                 call: "C_DestroyObject",

@@ -75,6 +75,14 @@ pub enum TokenErrorKind {
     TokenLost,
     /// The object no longer exists (another writer removed it).
     ObjectGone,
+    /// The object is still listed under `label`, but its value is gone for good: a destroy
+    /// was cut between deleting the value and deleting the object's description. OpenSC's
+    /// SmartCard-HSM driver deletes the two files separately and cannot destroy such a
+    /// ghost afterwards; only re-initialising the card reclaims it.
+    ValueLost {
+        /// The ghost's label (a secret's name and key: no value).
+        label: String,
+    },
     /// The module does not allow this (e.g. relabelling an object).
     Unsupported,
     /// A fault injected by [`InstrumentedToken`].

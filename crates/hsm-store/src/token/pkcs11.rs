@@ -341,12 +341,16 @@ impl Token for Pkcs11Token {
     }
 
     fn read(&self, handle: Handle) -> Result<StoredObject, TokenError> {
-        let attributes = self.with_session("C_GetAttributeValue", |s| {
+        let attributes = match self.with_session("C_GetAttributeValue", |s| {
             s.get_attributes(
                 object_handle(handle),
                 &[AttributeType::Label, AttributeType::Value],
             )
-        })?;
+        }) {
+            Ok(attributes) => attributes,
+            Err(e) if is_general_error(&e) => return Err(self.ghost_or(handle, e)),
+            Err(e) => return Err(e),
+        };
         let mut label = None;
         let mut value = None;
         for attribute in attributes {
@@ -425,6 +429,36 @@ fn map_login_error(e: TokenError) -> StoreError {
         TokenErrorKind::PinLocked => StoreError::PinLocked,
         TokenErrorKind::PinInvalid => StoreError::PinInvalid("rejected by the token"),
         _ => StoreError::Token(e),
+    }
+}
+
+fn is_general_error(error: &TokenError) -> bool {
+    error.kind == TokenErrorKind::Other("GeneralError".into())
+}
+
+impl Pkcs11Token {
+    /// Tells a ghost (see [`TokenErrorKind::ValueLost`]) from a passing failure: the value
+    /// fails again with CKR_GENERAL_ERROR while the label, which the module keeps apart
+    /// from the value, still reads. Anything else keeps the first error.
+    fn ghost_or(&self, handle: Handle, first: TokenError) -> TokenError {
+        let attribute = |wanted: AttributeType| {
+            self.with_session("C_GetAttributeValue", |s| {
+                s.get_attributes(object_handle(handle), &[wanted])
+            })
+        };
+        match attribute(AttributeType::Value) {
+            Err(again) if is_general_error(&again) => {}
+            _ => return first,
+        }
+        match attribute(AttributeType::Label).as_deref() {
+            Ok([Attribute::Label(label)]) => TokenError {
+                call: "C_GetAttributeValue",
+                kind: TokenErrorKind::ValueLost {
+                    label: String::from_utf8_lossy(label).into_owned(),
+                },
+            },
+            _ => first,
+        }
     }
 }
 

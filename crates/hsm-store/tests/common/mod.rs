@@ -62,6 +62,14 @@ impl Fresh {
         Store::open(Arc::new(InstrumentedToken::new(self.token()))).expect("open store")
     }
 
+    /// The virtual card's fixture, on the Pico backend.
+    pub fn fixture(&self) -> Option<&virtual_pico::fixture::PicoFixture> {
+        match self {
+            Fresh::Pico(fixture, _) => Some(fixture),
+            _ => None,
+        }
+    }
+
     pub fn pkcs11(&self) -> Option<Pkcs11Token> {
         match self {
             Fresh::SoftHsm(s) => Some(s.open().unwrap()),
