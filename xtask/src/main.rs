@@ -3,7 +3,7 @@
 //! * `demo`  — installs what is missing, creates a SoftHSM2 token under `.dev/`, and writes,
 //!   lists and reads a secret through `hsmctl`, saying what it did.
 //! * `test`  — installs what the tests need, then runs formatting, lints and the whole suite.
-//! * `bench store` — the store benchmark on SoftHSM2.
+//! * `bench store` — the store benchmark on SoftHSM2 and on the virtual Pico HSM.
 //! * `crdgen` — regenerates `deploy/crds` from the CRD types.
 //! * `deps`  — only installs what is missing.
 
@@ -70,7 +70,7 @@ enum Fuzz {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Bench {
-    /// hsm-store on SoftHSM2 beside a raw cryptoki floor.
+    /// hsm-store on SoftHSM2 beside a raw cryptoki floor, and on the virtual Pico HSM.
     Store,
     /// The agent's gRPC over mTLS beside the store in-process.
     Agent,
@@ -155,21 +155,27 @@ fn test(root: &Path, no_lint: bool, nextest_args: &[String]) -> Result<()> {
 fn bench(root: &Path, which: Bench) -> Result<()> {
     deps::ensure()?;
     match which {
-        Bench::Store => run(
-            root,
-            "cargo",
-            &[
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "hsm-store",
-                "--features",
-                "test-support",
-                "--example",
-                "store_bench",
-            ],
-        ),
+        // SoftHSM2 (throughput beside a raw cryptoki floor), then the virtual Pico HSM
+        // (APDUs and PKCS#11 calls per operation).
+        Bench::Store => ["store_bench", "store_bench_pico"]
+            .iter()
+            .try_for_each(|example| {
+                run(
+                    root,
+                    "cargo",
+                    &[
+                        "run",
+                        "--release",
+                        "--quiet",
+                        "-p",
+                        "hsm-store",
+                        "--features",
+                        "test-support",
+                        "--example",
+                        example,
+                    ],
+                )
+            }),
         Bench::Agent => run(
             root,
             "cargo",

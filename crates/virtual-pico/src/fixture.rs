@@ -23,6 +23,12 @@ pub const VPCD_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
 pub const USER_PIN: &str = "648219";
 /// The SO PIN the fixture sets (16 hex digits, as `sc-hsm-tool` takes it).
 pub const SO_PIN_HEX: &str = "3537363231383830";
+/// The fixture's OpenSC configuration: OpenSC's defaults, stated, so that a machine's own
+/// `/etc/opensc.conf` cannot change what the tests see. No file cache: every process reads
+/// the card itself, as the agent does on a real token.
+const OPENSC_CONF: &str =
+    "app default {\n\tdebug = 0;\n\tframework pkcs15 {\n\t\tuse_file_caching = no;\n\t}\n}\n";
+
 /// The token label the fixture sets; OpenSC shows `<label> (UserPIN)`.
 pub const TOKEN_LABEL: &str = "virtual-pico";
 
@@ -76,7 +82,8 @@ fn free_port() -> Result<u16, FixtureError> {
 
 impl PicoFixture {
     /// Starts pcscd and the card, and initialises the card (user PIN [`USER_PIN`], label
-    /// [`TOKEN_LABEL`]). Sets `PCSCLITE_CSOCK_NAME` for this process.
+    /// [`TOKEN_LABEL`]). Sets `PCSCLITE_CSOCK_NAME` and `OPENSC_CONF` (a private
+    /// configuration) for this process.
     pub fn start() -> Result<PicoFixture, FixtureError> {
         PicoFixture::start_with(None)
     }
@@ -122,6 +129,8 @@ impl PicoFixture {
             ),
         )
         .map_err(step("reader configuration"))?;
+        std::fs::write(dir.path().join("opensc.conf"), OPENSC_CONF)
+            .map_err(step("OpenSC configuration"))?;
         let script = format!(
             "mkdir -p /run/pcscd && mount --bind {} /run/pcscd && exec /usr/sbin/pcscd -f -c {}",
             run.display(),
@@ -160,7 +169,8 @@ impl PicoFixture {
         // module, which reads it at C_Initialize.
         #[allow(unsafe_code)]
         unsafe {
-            std::env::set_var("PCSCLITE_CSOCK_NAME", &socket)
+            std::env::set_var("PCSCLITE_CSOCK_NAME", &socket);
+            std::env::set_var("OPENSC_CONF", fixture.opensc_conf());
         };
         if !fixture.card.card().is_initialized() {
             fixture.initialize()?;
@@ -216,6 +226,11 @@ impl PicoFixture {
         Ok(())
     }
 
+    /// The private OpenSC configuration (what `OPENSC_CONF` names).
+    pub fn opensc_conf(&self) -> PathBuf {
+        self.dir.path().join("opensc.conf")
+    }
+
     /// pcscd's socket (what `PCSCLITE_CSOCK_NAME` names).
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("run/pcscd.comm")
@@ -237,6 +252,7 @@ impl PicoFixture {
                     TOKEN_LABEL,
                 ])
                 .env("PCSCLITE_CSOCK_NAME", self.socket())
+                .env("OPENSC_CONF", self.opensc_conf())
                 .output()
                 .map_err(|e| FixtureError::Step(format!("sc-hsm-tool: {e}")))?;
             let said = String::from_utf8_lossy(&output.stderr);

@@ -102,6 +102,17 @@ fn removal_and_reinsertion_keep_the_card() {
 
     card.remove();
     assert!(closed(&mut link), "removal closes the connection");
+    // The pulled card hangs up on the reader's next presence poll, so that the reader sees
+    // the slot empty before anything is plugged in again.
+    assert!(!card.is_removal_noticed());
+    let mut poll = reader.accept();
+    send(&mut poll, &[4]);
+    assert!(closed(&mut poll), "a pulled card refuses the presence poll");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !card.is_removal_noticed() {
+        assert!(Instant::now() < deadline, "the refusal was not recorded");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     card.insert();
     let mut link = reader.accept();
     assert!(card.wait_connected(Duration::from_secs(5)));

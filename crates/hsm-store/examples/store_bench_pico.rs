@@ -1,0 +1,177 @@
+//! `cargo xtask bench store`, second part: hsm-store on the virtual Pico HSM, through pcscd
+//! and OpenSC's `opensc-pkcs11.so`, the path a real Pico HSM takes. A card answers in
+//! microseconds here but in milliseconds over USB, so what matters is how many APDUs and
+//! PKCS#11 calls each operation costs: they are counted, per operation, with the store's
+//! index and without it (a stateless client, as the Go operator was, must find and read
+//! objects on the token for every list, read and sync).
+//!
+//! OpenSC shows at most 128 objects per token, so the card holds 20 secrets of 3 keys.
+
+use hsm_store::layout::{APPLICATION, metadata_label, value_label};
+use hsm_store::token::{InstrumentedToken, Token};
+use hsm_store::{
+    MetadataChange, Module, Pkcs11Token, SecretData, SecretStore, SecretValue, Store, TokenSelector,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use virtual_pico::fixture::{OPENSC_MODULE, PicoFixture, USER_PIN};
+use virtual_pico::vpcd::PICO_LATENCY;
+
+const SECRETS: usize = 20;
+const KEYS: usize = 3;
+const VALUE_LEN: usize = 256;
+
+fn data(secret: usize, round: usize) -> SecretData {
+    (0..KEYS)
+        .map(|k| {
+            let seed = format!("{secret}-{k}-{round}-");
+            let value: Vec<u8> = seed.bytes().cycle().take(VALUE_LEN).collect();
+            (format!("key{k}"), SecretValue::new(value))
+        })
+        .collect()
+}
+
+/// One measured operation: PKCS#11 calls, APDUs and wall time, per repetition.
+struct Row {
+    what: &'static str,
+    calls: f64,
+    apdus: f64,
+    time: Duration,
+}
+
+struct Bench {
+    fixture: PicoFixture,
+    token: Arc<InstrumentedToken<Pkcs11Token>>,
+    rows: Vec<Row>,
+}
+
+/// A process's view of the card: the module, initialised afresh, and the store on it.
+fn open(module_path: &str) -> (Module, Arc<InstrumentedToken<Pkcs11Token>>) {
+    let module = Module::load(module_path).expect("OpenSC's module");
+    let token = Arc::new(InstrumentedToken::new(
+        Pkcs11Token::open(&module, &TokenSelector::First, &USER_PIN.into()).expect("open"),
+    ));
+    (module, token)
+}
+
+impl Bench {
+    /// Runs `op` for every `i` in `0..n` and records the averages under `what`.
+    fn measure(&mut self, what: &'static str, n: usize, mut op: impl FnMut(usize)) {
+        let (calls, apdus) = (self.token.counts(), self.fixture.card.apdu_count());
+        let started = Instant::now();
+        for i in 0..n {
+            op(i);
+        }
+        let time = started.elapsed() / n as u32;
+        self.rows.push(Row {
+            what,
+            calls: self.token.counts().since(&calls).total() as f64 / n as f64,
+            apdus: (self.fixture.card.apdu_count() - apdus) as f64 / n as f64,
+            time,
+        });
+    }
+}
+
+/// A read without the index: find each of the secret's objects by label, then read it.
+fn read_without_index(token: &dyn Token, secret: usize) -> usize {
+    let name = format!("s{secret}");
+    let labels = (0..KEYS)
+        .map(|k| value_label(&name, &format!("key{k}")))
+        .chain([metadata_label(&name)]);
+    let mut bytes = 0;
+    for label in labels {
+        for handle in token.find(APPLICATION, Some(&label)).expect("find") {
+            bytes += token.read(handle).expect("read").value.len();
+        }
+    }
+    bytes
+}
+
+fn main() {
+    let fixture = PicoFixture::start().expect("the virtual card (pcscd, vpcd, OpenSC)");
+    let (module, token) = open(OPENSC_MODULE);
+    let store = Store::open(token.clone()).expect("store");
+    let mut bench = Bench {
+        fixture,
+        token: token.clone(),
+        rows: Vec::new(),
+    };
+
+    bench.measure("write, new secret", SECRETS, |i| {
+        store
+            .write(&format!("s{i}"), &data(i, 0), MetadataChange::Keep)
+            .expect("write");
+    });
+    bench.measure("write, all keys change", SECRETS, |i| {
+        store
+            .write(&format!("s{i}"), &data(i, 1), MetadataChange::Keep)
+            .expect("overwrite");
+    });
+    bench.measure("write, nothing changes", SECRETS, |i| {
+        store
+            .write(&format!("s{i}"), &data(i, 1), MetadataChange::Keep)
+            .expect("same write");
+    });
+
+    // OpenSC serves values it wrote itself from memory. Pull the card and plug it back in,
+    // so that OpenSC forgets it and reads it again, as after a restart or a replug.
+    drop(store);
+    drop(token);
+    let card = bench.fixture.card.card();
+    bench.fixture.replug(card).expect("replug");
+    let apdus = bench.fixture.card.apdu_count();
+    let started = Instant::now();
+    let token = Arc::new(InstrumentedToken::new(
+        Pkcs11Token::open(&module, &TokenSelector::First, &USER_PIN.into()).expect("reopen"),
+    ));
+    let store = Store::open(token.clone()).expect("store");
+    bench.rows.push(Row {
+        what: "open after a replug (bind, login, scan)",
+        calls: token.counts().total() as f64,
+        apdus: (bench.fixture.card.apdu_count() - apdus) as f64,
+        time: started.elapsed(),
+    });
+    bench.token = token.clone();
+    bench.measure("read (index)", SECRETS, |i| {
+        std::hint::black_box(store.read(&format!("s{i}")).expect("read"));
+    });
+    bench.measure("read again (index)", SECRETS, |i| {
+        std::hint::black_box(store.read(&format!("s{i}")).expect("read"));
+    });
+    bench.measure("read (no index: find + read)", SECRETS, |i| {
+        std::hint::black_box(read_without_index(token.as_ref(), i));
+    });
+    bench.measure("no-change sync (index checksum)", SECRETS, |i| {
+        std::hint::black_box(store.checksum(&format!("s{i}")).expect("checksum"));
+    });
+    bench.measure("no-change sync (no index: read values)", SECRETS, |i| {
+        std::hint::black_box(read_without_index(token.as_ref(), i));
+    });
+    bench.measure("list all (index)", 100, |_| {
+        assert_eq!(std::hint::black_box(store.list("")).len(), SECRETS);
+    });
+    bench.measure("list all (no index: full token scan)", 3, |_| {
+        std::hint::black_box(store.rescan().expect("rescan"));
+    });
+
+    println!(
+        "hsm-store on the virtual Pico HSM (pcscd + vpcd + opensc-pkcs11.so): {SECRETS} secrets of {KEYS} keys x {VALUE_LEN} B"
+    );
+    println!();
+    println!(
+        "| operation | PKCS#11 calls | APDUs | time (emulator) | time at {} ms per APDU (estimate) |",
+        PICO_LATENCY.as_millis()
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for r in &bench.rows {
+        let at_usb = r.time + PICO_LATENCY.mul_f64(r.apdus);
+        println!(
+            "| {} | {:.1} | {:.1} | {:.2} ms | {:.0} ms |",
+            r.what,
+            r.calls,
+            r.apdus,
+            r.time.as_secs_f64() * 1e3,
+            at_usb.as_secs_f64() * 1e3
+        );
+    }
+}
