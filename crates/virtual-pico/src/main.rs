@@ -4,43 +4,42 @@
 //! command that changes it, so stopping and starting the emulator is unplugging and plugging
 //! the same card.
 
+use clap::Parser;
 use std::path::PathBuf;
+use virtual_pico::card::Card;
+use virtual_pico::vpcd::VirtualCard;
 
-const USAGE: &str = "usage: virtual-pico --port PORT [--serial SERIAL] [--state FILE]";
+/// A virtual SmartCard-HSM (Pico HSM) in pcscd's vpcd reader.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The vpcd reader's port on 127.0.0.1 (its reader.conf CHANNELID).
+    #[arg(long)]
+    port: u16,
+    /// The card's serial number.
+    #[arg(long, default_value = "DEVPC00001")]
+    serial: String,
+    /// Keep the card in this file: loaded at start, saved after every change.
+    #[arg(long)]
+    state: Option<PathBuf>,
+}
 
 fn main() {
-    let mut port = None;
-    let mut serial = "DEVPC00001".to_owned();
-    let mut state: Option<PathBuf> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match (arg.as_str(), args.next()) {
-            ("--port", Some(p)) => port = p.parse::<u16>().ok(),
-            ("--serial", Some(s)) => serial = s,
-            ("--state", Some(f)) => state = Some(f.into()),
-            _ => {
-                eprintln!("{USAGE}");
-                std::process::exit(2);
-            }
-        }
-    }
-    let Some(port) = port else {
-        eprintln!("{USAGE}");
-        std::process::exit(2);
-    };
-    let _card = match &state {
-        Some(path) => match virtual_pico::vpcd::VirtualCard::start_saved(port, path, &serial) {
+    let args = Args::parse();
+    let _card = match &args.state {
+        Some(path) => match VirtualCard::start_saved(args.port, path, &args.serial) {
             Ok(card) => card,
             Err(e) => {
                 eprintln!("virtual-pico: {e}");
                 std::process::exit(1);
             }
         },
-        None => {
-            virtual_pico::vpcd::VirtualCard::start(port, virtual_pico::card::Card::new(&serial))
-        }
+        None => VirtualCard::start(args.port, Card::new(&args.serial)),
     };
-    println!("virtual-pico: card {serial} plugged into the vpcd reader on 127.0.0.1:{port}");
+    println!(
+        "virtual-pico: card {} plugged into the vpcd reader on 127.0.0.1:{}",
+        args.serial, args.port
+    );
     loop {
         std::thread::park();
     }
