@@ -5,6 +5,11 @@
 //! `Internal` otherwise. Token calls run on blocking threads; reads run concurrently and the
 //! store serialises writes. Listing, checksums and the index never touch the token.
 //!
+//! A write whose token fails under it (pulled, reset) may or may not have been applied: the
+//! store's recovery decides once the token is back. The service waits for that, up to a
+//! bound, and answers with what happened, so that an error always means the old value stands
+//! and success means the new one does.
+//!
 //! `WatchChanges` is event-driven: every write through the service, every re-scan and every
 //! recovery wakes the streams, which send what changed since they last looked (from the
 //! index), or a `Resync` when a re-scan or a reconnection makes versions incomparable.
@@ -17,6 +22,7 @@ use hsm_store::{MetadataChange, SecretStore, SecretSummary, StoreError};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -37,7 +43,12 @@ pub struct AgentService {
     signal: watch::Sender<Signal>,
     /// How often an idle change stream looks at the index anyway.
     poll: Duration,
+    /// How long a write interrupted by the token's loss waits for it to come back.
+    settle_timeout: Duration,
 }
+
+/// How often a write waiting to settle looks whether the token is back.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
 
 impl AgentService {
     /// The service for `device`.
@@ -46,7 +57,15 @@ impl AgentService {
             device,
             signal: watch::Sender::new(Signal::default()),
             poll: Duration::from_secs(5),
+            settle_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// Sets how long a write interrupted by the token's loss waits for the token to come
+    /// back and for its outcome to be known, before answering "unavailable, outcome unknown".
+    pub fn with_settle_timeout(mut self, timeout: Duration) -> Self {
+        self.settle_timeout = timeout;
+        self
     }
 
     /// Sets how often an idle change stream looks at the index without being woken (a
@@ -74,16 +93,128 @@ impl AgentService {
         &self,
         operation: impl FnOnce(&DeviceStore) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, Status> {
+        self.on_device(operation).await?.map_err(status)
+    }
+
+    /// Runs a store operation on a blocking thread, keeping the device's error.
+    async fn on_device<R: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&DeviceStore) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<Result<R, DeviceError>, Status> {
         let device = self.device.clone();
         tokio::task::spawn_blocking(move || device.with_store(operation))
             .await
-            .map_err(|e| Status::internal(format!("agent task failed: {e}")))?
-            .map_err(status)
+            .map_err(|e| Status::internal(format!("agent task failed: {e}")))
+    }
+
+    /// Writes, and when the token fails during the write, answers with the write's real
+    /// outcome once recovery has decided it (see the module's doc).
+    async fn write_settled(
+        &self,
+        path: String,
+        data: hsm_store::SecretData,
+        change: MetadataChange,
+    ) -> Result<bool, Status> {
+        let expected = Expected {
+            data: data.clone(),
+            metadata: match &change {
+                MetadataChange::Replace(m) => Some(m.clone()),
+                _ => None,
+            },
+        };
+        // Whether the write reached the token at all: a device that was not connected
+        // wrote nothing, and its error stands as it is.
+        let started = Arc::new(AtomicBool::new(false));
+        let (name, flag) = (path.clone(), started.clone());
+        let written = self
+            .on_device(move |store| {
+                flag.store(true, Ordering::SeqCst);
+                store.write(&name, &data, change)
+            })
+            .await?;
+        match written {
+            Ok(outcome) => Ok(outcome.changed),
+            Err(e) if started.load(Ordering::SeqCst) && may_have_written(&e) => {
+                self.settle(path, expected, e).await.map(|()| true)
+            }
+            Err(e) => Err(status(e)),
+        }
+    }
+
+    /// Waits until the store, recovered, shows whether the interrupted write took effect.
+    async fn settle(
+        &self,
+        path: String,
+        expected: Expected,
+        failure: DeviceError,
+    ) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + self.settle_timeout;
+        loop {
+            let name = path.clone();
+            // A read recovers the store first (resolving the write's journal).
+            let found = self
+                .on_device(move |store| match store.read(&name) {
+                    Ok(data) => Ok(Some((data, store.metadata(&name).ok()))),
+                    Err(StoreError::NotFound(_)) => Ok(None),
+                    Err(e) => Err(e),
+                })
+                .await?;
+            match found {
+                Ok(found) => {
+                    return if found
+                        .is_some_and(|(data, metadata)| expected.matches(&data, metadata.as_ref()))
+                    {
+                        tracing::info!(secret = %path, "a write interrupted by the token's loss was applied by its recovery");
+                        Ok(())
+                    } else {
+                        Err(status(failure))
+                    };
+                }
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(SETTLE_POLL).await;
+                }
+                Err(_) => {
+                    return Err(Status::unavailable(format!(
+                        "the HSM went away during the write of {path} and has not come back; \
+                         whether the write was applied is not known yet"
+                    )));
+                }
+            }
+        }
     }
 
     fn wrote(&self) {
         self.signal.send_modify(|s| s.writes += 1);
     }
+}
+
+/// What an interrupted write would have left, to tell whether recovery applied it.
+struct Expected {
+    data: hsm_store::SecretData,
+    /// The metadata it set, when it replaced the metadata.
+    metadata: Option<hsm_store::SecretMetadata>,
+}
+
+impl Expected {
+    fn matches(
+        &self,
+        data: &hsm_store::SecretData,
+        metadata: Option<&hsm_store::SecretMetadata>,
+    ) -> bool {
+        *data == self.data && self.metadata.as_ref().is_none_or(|m| metadata == Some(m))
+    }
+}
+
+/// A failure that may have come in the middle of a write: the token went away, or one of its
+/// calls failed. (Bad input, a missing secret or a refused PIN change nothing.)
+fn may_have_written(error: &DeviceError) -> bool {
+    matches!(
+        error,
+        DeviceError::NotReady {
+            reason: crate::device::NotReadyReason::TokenLost,
+            ..
+        } | DeviceError::Store(StoreError::Token(_))
+    )
 }
 
 /// The gRPC status of a device error. Messages carry names, never values or PINs.
@@ -206,10 +337,7 @@ impl HsmAgent for AgentService {
             .into_iter()
             .map(|(k, v)| (k, hsm_store::SecretValue::new(v)))
             .collect();
-        let outcome = self
-            .blocking(move |store| store.write(&path, &data, change))
-            .await?;
-        if outcome.changed {
+        if self.write_settled(path, data, change).await? {
             self.wrote();
         }
         Ok(Response::new(WriteSecretResponse {}))

@@ -4,7 +4,9 @@
 
 use hsm_agent::device::{Device, DeviceConfig, NotReadyReason, Readiness};
 use hsm_agent::pin::FixedPin;
+use hsm_proto::v1::{ReadSecretRequest, SecretData, WriteSecretRequest};
 use hsm_store::{MetadataChange, SecretStore, TokenSelector, secret_data};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use virtual_pico::fixture::{OPENSC_MODULE, PicoFixture, USER_PIN};
 
@@ -101,4 +103,184 @@ fn a_pulled_card_is_recovered_in_place() {
             )
         })
         .unwrap();
+}
+
+type Client = hsm_proto::v1::hsm_agent_client::HsmAgentClient<tonic::transport::Channel>;
+
+/// The agent's gRPC service on the card's device, over a real socket.
+async fn serve(state: &std::path::Path) -> (Arc<Device>, Client) {
+    let device = Arc::new(device(USER_PIN, state));
+    let service = hsm_agent::service::AgentService::new(device.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(hsm_proto::v1::hsm_agent_server::HsmAgentServer::new(
+                service,
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let client = Client::connect(format!("http://{addr}")).await.unwrap();
+    (device, client)
+}
+
+/// A write of round `round`: two keys with the same value, so a read that mixes two writes
+/// shows it.
+fn write(name: &str, round: u32) -> WriteSecretRequest {
+    WriteSecretRequest {
+        path: name.into(),
+        secret_data: Some(SecretData {
+            data: ["a", "b"]
+                .into_iter()
+                .map(|k| (k.to_owned(), format!("round-{round}").into_bytes()))
+                .collect(),
+        }),
+        metadata: None,
+    }
+}
+
+/// The round a secret holds, or `None` when the agent cannot read it now.
+async fn try_read(client: &mut Client, name: &str) -> Option<u32> {
+    let read = client
+        .read_secret(ReadSecretRequest { path: name.into() })
+        .await
+        .ok()?;
+    let data = read.into_inner().secret_data.unwrap();
+    let a = &data.data["a"];
+    assert_eq!(a, &data.data["b"], "a read mixed two writes");
+    Some(
+        String::from_utf8_lossy(a)["round-".len()..]
+            .parse()
+            .unwrap(),
+    )
+}
+
+/// Reads until the agent answers (it recovers from a pulled card on its own).
+async fn read_when_back(client: &mut Client, name: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(round) = try_read(client, name).await {
+            return round;
+        }
+        assert!(Instant::now() < deadline, "{name} never became readable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The card pulled after every APDU of one gRPC overwrite, and plugged back in once pcscd has
+/// seen it gone: an acknowledged write reads back new, a failed one old, never anything else.
+/// (The stream test below shows the same at random points; this one covers every point.)
+async fn every_pull_during_a_grpc_write(shard: u64) {
+    let fixture = Arc::new(PicoFixture::start().unwrap());
+    let state = tempfile::tempdir().unwrap();
+    let (_device, mut client) = serve(state.path()).await;
+    client.write_secret(write("s", 1)).await.unwrap();
+    let prepared = fixture.card.card();
+    let before = fixture.card.apdu_count();
+    client.write_secret(write("s", 2)).await.unwrap();
+    let apdus = fixture.card.apdu_count() - before;
+    assert!(apdus > 10, "an overwrite took {apdus} APDUs");
+    let (mut old, mut new) = (0, 0);
+    for cut in (1..=apdus).filter(|cut| cut % 2 == shard) {
+        fixture.replug(prepared.clone()).unwrap();
+        assert_eq!(read_when_back(&mut client, "s").await, 1);
+        fixture.card.drop_after(cut);
+        let plug_back = {
+            let fixture = fixture.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !fixture.card.is_removal_noticed() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                fixture.card.insert();
+            })
+        };
+        let acknowledged = client.write_secret(write("s", 2)).await.is_ok();
+        plug_back.join().unwrap();
+        let now = read_when_back(&mut client, "s").await;
+        match acknowledged {
+            true => assert_eq!(now, 2, "acknowledged, pulled after APDU {cut}/{apdus}"),
+            false => assert_eq!(now, 1, "failed, pulled after APDU {cut}/{apdus}"),
+        }
+        if acknowledged { new += 1 } else { old += 1 }
+    }
+    assert!(old > 0 && new > 0, "old {old} new {new}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_pull_during_a_grpc_write_even_apdus() {
+    every_pull_during_a_grpc_write(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_pull_during_a_grpc_write_odd_apdus() {
+    every_pull_during_a_grpc_write(1).await;
+}
+
+/// The card pulled and plugged back in during a stream of gRPC writes and reads: reads never
+/// see a mix, every acknowledged write reads back, and a write that failed left the old
+/// value. The agent recovers without a restart and the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_card_pulled_during_a_stream_of_grpc_writes_loses_nothing_acknowledged() {
+    let fixture = Arc::new(PicoFixture::start().unwrap());
+    let state = tempfile::tempdir().unwrap();
+    let (device, mut client) = serve(state.path()).await;
+    const SECRETS: [&str; 3] = ["s0", "s1", "s2"];
+    let mut acknowledged = [0u32; 3];
+    for name in SECRETS {
+        client.write_secret(write(name, 0)).await.unwrap();
+    }
+
+    // A write takes tens of APDUs: with a USB-like delay per APDU, a pull lands inside one.
+    fixture.card.set_latency(Duration::from_millis(2));
+    // Pull the card three times into the stream, each time for 1.5 s.
+    let puller = {
+        let fixture = fixture.clone();
+        std::thread::spawn(move || {
+            for first in [300, 1000, 700] {
+                std::thread::sleep(Duration::from_millis(first));
+                fixture.card.remove();
+                std::thread::sleep(Duration::from_millis(1500));
+                fixture.card.insert();
+                assert!(fixture.card.wait_connected(Duration::from_secs(10)));
+            }
+        })
+    };
+    let (mut failed, mut after_recovery) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0;
+    while !puller.is_finished() || after_recovery < 10 {
+        assert!(Instant::now() < deadline, "the stream never recovered");
+        round += 1;
+        for (i, name) in SECRETS.iter().enumerate() {
+            match client.write_secret(write(name, round)).await {
+                Ok(_) => {
+                    acknowledged[i] = round;
+                    if puller.is_finished() {
+                        after_recovery += 1;
+                    }
+                }
+                Err(_) => failed += 1,
+            }
+            // What a read sees is the last acknowledged write, never a failed one.
+            if let Some(seen) = try_read(&mut client, name).await {
+                assert_eq!(seen, acknowledged[i], "{name} after round {round}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    puller.join().unwrap();
+    assert!(failed > 0, "the card was never seen gone");
+    assert_eq!(
+        device.connections(),
+        4,
+        "recovered in place after each pull"
+    );
+    for (i, name) in SECRETS.iter().enumerate() {
+        assert_eq!(
+            try_read(&mut client, name).await,
+            Some(acknowledged[i]),
+            "{name}"
+        );
+    }
 }
