@@ -28,8 +28,8 @@
 //!
 //! Known differences: `limit`/`continue` are ignored (one page holds everything, which every
 //! client treats as the last page); no authentication or RBAC on the API itself (TokenReview
-//! and SubjectAccessReview answer what the test set); no OpenAPI (`/openapi/*` is 404, which
-//! kubectl tolerates with `--validate=false`); CRD schemas are neither validated, defaulted
+//! and SubjectAccessReview answer what the test set); OpenAPI v3 lists operations but no schemas
+//! (enough for kubectl's server-side validation check; `/openapi/v2` is 404); CRD schemas are neither validated, defaulted
 //! nor pruned; only the storage version of a CRD is kept (other served versions see the
 //! same object with another apiVersion, no conversion); core and `events.k8s.io` Events are
 //! separate collections; protobuf is never served; garbage collection and namespace
@@ -52,6 +52,7 @@ pub mod fields;
 pub mod gc;
 pub mod kubeconfig;
 pub mod meta;
+pub mod openapi;
 pub mod ops;
 pub mod patch;
 pub mod resources;

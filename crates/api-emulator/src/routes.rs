@@ -21,7 +21,7 @@ use crate::ops::{self, Target, WriteOptions};
 use crate::patch::PatchType;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::watch::{self, Render, WatchParams};
-use crate::{Emulator, discovery, table};
+use crate::{Emulator, discovery, openapi, table};
 
 /// The body of every response: a whole JSON document or a stream of watch events.
 pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -122,6 +122,13 @@ impl Emulator {
             }
             ["apis", g, v] => {
                 ok(discovery::resource_list(&store().registry, g, v).ok_or_else(not_found_path)?)
+            }
+            ["openapi", "v3"] => ok(openapi::index(&store().registry)),
+            ["openapi", "v3", "api", v] => {
+                ok(openapi::document(&store().registry, "", v).ok_or_else(not_found_path)?)
+            }
+            ["openapi", "v3", "apis", g, v] => {
+                ok(openapi::document(&store().registry, g, v).ok_or_else(not_found_path)?)
             }
             ["api", "v1", rest @ ..] => self.resource_request(req, "", "v1", rest, &query),
             ["apis", g, v, rest @ ..] => self.resource_request(req, g, v, rest, &query),

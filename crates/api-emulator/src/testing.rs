@@ -24,6 +24,7 @@ pub struct TestEnv {
     pub namespace: String,
     emulator: Option<Emulator>,
     kubeconfig: Option<PathBuf>,
+    served: Option<(crate::server::Server, tempfile::TempDir, PathBuf)>,
 }
 
 impl TestEnv {
@@ -57,7 +58,32 @@ impl TestEnv {
             namespace,
             emulator,
             kubeconfig,
+            served: None,
         }
+    }
+
+    /// A kubeconfig file for out-of-process clients (kubectl): the real cluster's, or one
+    /// for the emulator, which is then served on a free 127.0.0.1 port until the
+    /// environment is dropped.
+    pub async fn kubeconfig(&mut self) -> PathBuf {
+        if let Some(path) = &self.kubeconfig {
+            return path.clone();
+        }
+        if let Some((_, _, path)) = &self.served {
+            return path.clone();
+        }
+        let emu = self
+            .emulator
+            .clone()
+            .expect("an emulator when no real cluster");
+        let server = emu.serve(0).await.expect("serve the emulator");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("kubeconfig");
+        server
+            .write_kubeconfig(&path)
+            .expect("write the kubeconfig");
+        self.served = Some((server, dir, path.clone()));
+        path
     }
 
     /// The emulator, when not on a real cluster. Tests of emulator-only controls skip
