@@ -244,3 +244,67 @@ impl FieldSelector {
             .map(|(_, _, v)| v.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+    use serde_json::json;
+
+    fn obj() -> Value {
+        json!({"metadata": {"name": "a", "namespace": "ns1", "labels": {"app": "web", "tier": "front", "n": "5"}}})
+    }
+
+    #[rstest]
+    #[case("", true)]
+    #[case("app=web", true)]
+    #[case("app==web", true)]
+    #[case("app=db", false)]
+    #[case("app!=db", true)]
+    #[case("app!=web", false)]
+    #[case("missing!=x", true)]
+    #[case("app in (web,db)", true)]
+    #[case("app in (db)", false)]
+    #[case("app notin (db, cache)", true)]
+    #[case("app notin (web)", false)]
+    #[case("missing notin (web)", true)]
+    #[case("tier", true)]
+    #[case("missing", false)]
+    #[case("!missing", true)]
+    #[case("!tier", false)]
+    #[case("app=web,tier=front", true)]
+    #[case("app=web,tier=back", false)]
+    #[case("app in (web,db),!missing,tier", true)]
+    #[case(" app = web ", true)]
+    #[case("n>4", true)]
+    #[case("n<5", false)]
+    fn label_selector_matches(#[case] selector: &str, #[case] expected: bool) {
+        let s = LabelSelector::parse(selector).unwrap();
+        assert_eq!(s.matches(&obj()), expected, "{selector}");
+    }
+
+    #[rstest]
+    #[case("app=(web")]
+    #[case("app in web")]
+    #[case("app in (we b)")]
+    #[case("bad key=x")]
+    #[case("n>x")]
+    fn malformed_label_selector_is_400(#[case] selector: &str) {
+        let e = LabelSelector::parse(selector).unwrap_err();
+        assert_eq!(e.code(), 400, "{selector}");
+    }
+
+    #[rstest]
+    #[case("metadata.name=a", true)]
+    #[case("metadata.name==a", true)]
+    #[case("metadata.name!=a", false)]
+    #[case("metadata.namespace=ns1,metadata.name=a", true)]
+    #[case("metadata.namespace=ns2", false)]
+    fn field_selector_matches(#[case] selector: &str, #[case] expected: bool) {
+        let res = crate::resources::Registry::with_builtins()
+            .lookup("", "v1", "secrets")
+            .unwrap();
+        let s = FieldSelector::parse(selector, &res).unwrap();
+        assert_eq!(s.matches(&obj()), expected, "{selector}");
+    }
+}

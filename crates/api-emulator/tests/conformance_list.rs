@@ -1,0 +1,89 @@
+//! List with label and field selectors, through kube (which form-encodes them).
+
+mod common;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, PostParams};
+use rstest::rstest;
+use serde_json::json;
+
+async fn fixture(env: &api_emulator::testing::TestEnv) -> Api<ConfigMap> {
+    let api: Api<ConfigMap> = env.api();
+    for (name, labels) in [
+        ("a", json!({"app": "web", "tier": "front"})),
+        ("b", json!({"app": "web", "tier": "back"})),
+        ("c", json!({"app": "db"})),
+        ("d", json!({})),
+    ] {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+        api.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    api
+}
+
+async fn names(api: &Api<ConfigMap>, lp: &ListParams) -> Vec<String> {
+    let mut n: Vec<String> = api
+        .list(lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        // A real cluster puts kube-root-ca.crt in every namespace.
+        .filter(|n| n != "kube-root-ca.crt")
+        .collect();
+    n.sort();
+    n
+}
+
+#[rstest]
+#[case("app=web", &["a", "b"])]
+#[case("app==web", &["a", "b"])]
+#[case("app!=web", &["c", "d"])]
+#[case("app in (web, db)", &["a", "b", "c"])]
+#[case("app notin (web)", &["c", "d"])]
+#[case("tier", &["a", "b"])]
+#[case("!tier", &["c", "d"])]
+#[case("app=web,tier!=front", &["b"])]
+#[tokio::test]
+async fn label_selectors(#[case] selector: &str, #[case] expected: &[&str]) {
+    let env = common::env().await;
+    let api = fixture(&env).await;
+    assert_eq!(
+        names(&api, &ListParams::default().labels(selector)).await,
+        expected,
+        "{selector}"
+    );
+}
+
+#[rstest]
+#[case("metadata.name=b", &["b"])]
+#[case("metadata.name!=b", &["a", "c", "d"])]
+#[tokio::test]
+async fn field_selectors(#[case] selector: &str, #[case] expected: &[&str]) {
+    let env = common::env().await;
+    let api = fixture(&env).await;
+    assert_eq!(
+        names(&api, &ListParams::default().fields(selector)).await,
+        expected,
+        "{selector}"
+    );
+}
+
+#[tokio::test]
+async fn namespace_field_selector_across_namespaces() {
+    let env = common::env().await;
+    fixture(&env).await;
+    let all: Api<ConfigMap> = Api::all(env.client.clone());
+    let lp = ListParams::default().fields(&format!("metadata.namespace={}", env.namespace));
+    assert_eq!(names(&all, &lp).await, ["a", "b", "c", "d"]);
+}
+
+#[tokio::test]
+async fn malformed_selector_is_400() {
+    let env = common::env().await;
+    let api = fixture(&env).await;
+    let r = api.list(&ListParams::default().labels("app in web")).await;
+    assert_eq!(common::reason(r).0, 400);
+}
