@@ -376,3 +376,60 @@ pub fn track_update(
     }
     set_entries(new, &list);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_map_items_are_keyed_and_fields_v1_round_trips() {
+        let res = crate::resources::Registry::with_builtins()
+            .lookup("apps", "v1", "deployments")
+            .unwrap();
+        let d = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "x", "uid": "u", "labels": {"a": "1"}, "finalizers": ["f1"]},
+            "spec": {"template": {"spec": {"containers": [{"name": "main", "image": "i"}]}}},
+            "status": {"replicas": 1},
+        });
+        let set = collect(
+            &res,
+            &d,
+            Scope::Main {
+                status_subresource: true,
+            },
+        );
+        let v1 = to_fields_v1(&set);
+        assert_eq!(
+            v1,
+            json!({
+                "f:metadata": {"f:labels": {"f:a": {}}, "f:finalizers": {"v:\"f1\"": {}}},
+                "f:spec": {"f:template": {"f:spec": {"f:containers": {
+                    "k:{\"name\":\"main\"}": {".": {}, "f:name": {}, "f:image": {}},
+                }}}},
+            })
+        );
+        assert_eq!(from_fields_v1(&v1), set);
+        let image: FieldPath = [
+            "f:spec",
+            "f:template",
+            "f:spec",
+            "f:containers",
+            "k:{\"name\":\"main\"}",
+            "f:image",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(get(&d, &image), Some(&json!("i")));
+    }
+
+    #[test]
+    fn removing_the_last_label_removes_the_labels_map() {
+        let mut o = json!({"metadata": {"name": "x", "labels": {"a": "1"}}});
+        remove(
+            &mut o,
+            &["f:metadata".to_string(), "f:labels".into(), "f:a".into()],
+        );
+        assert_eq!(o, json!({"metadata": {"name": "x"}}));
+    }
+}

@@ -219,6 +219,7 @@ impl Emulator {
         };
         let opts = ops::WriteOptions {
             field_manager: "api-emulator".into(),
+            explicit_manager: true,
             ..Default::default()
         };
         ops::create(&mut store, &t, object, &opts)

@@ -58,6 +58,8 @@ impl Target {
 pub struct WriteOptions {
     /// `fieldManager`, or the client's User-Agent product when absent.
     pub field_manager: String,
+    /// Whether `fieldManager` was given (apply requires it).
+    pub explicit_manager: bool,
     /// `dryRun=All`: compute, validate, do not store.
     pub dry_run: bool,
     /// `force=true` for apply.
@@ -335,7 +337,7 @@ fn apply(
         ));
     }
     check_type(t, &config)?;
-    if o.field_manager.is_empty() {
+    if !o.explicit_manager || o.field_manager.is_empty() {
         return Err(ApiError::BadRequest(
             "PATCH, application/apply-patch+yaml requires a non-empty fieldManager".into(),
         ));
@@ -455,9 +457,6 @@ fn commit_update(
         let g = old["metadata"]["generation"].as_i64().unwrap_or(0);
         new["metadata"]["generation"] = json!(g + 1);
     }
-    if without_managed(&new) == without_managed(old) {
-        return Ok(present(&t.res, &t.version, old));
-    }
     if matches!(ownership, Ownership::Update) {
         fields::track_update(
             &t.res,
@@ -468,6 +467,9 @@ fn commit_update(
             t.scope(),
             &meta::now(),
         );
+    }
+    if without_times(&new) == without_times(old) {
+        return Ok(present(&t.res, &t.version, old));
     }
     if is_crd(&t.res) && !t.status {
         let info = crate::crd::resource_from_crd(&new)?;
@@ -492,10 +494,16 @@ fn commit_update(
     Ok(present(&t.res, &t.version, &stored))
 }
 
-fn without_managed(v: &Value) -> Value {
+/// The object with managedFields timestamps blanked: a write that changes nothing else
+/// is a no-op, as on the real server.
+fn without_times(v: &Value) -> Value {
     let mut v = v.clone();
-    if let Some(m) = v["metadata"].as_object_mut() {
-        m.remove("managedFields");
+    if let Some(entries) = v["metadata"]["managedFields"].as_array_mut() {
+        for e in entries {
+            if let Some(m) = e.as_object_mut() {
+                m.remove("time");
+            }
+        }
     }
     v
 }

@@ -1,5 +1,11 @@
 //! Patches other than apply: JSON merge patch (RFC 7386), JSON patch (RFC 6902) and
 //! Kubernetes' strategic merge patch for built-in types.
+//!
+//! The first two are the `json-patch` crate's. Strategic merge is written here: k8s-openapi's
+//! `DeepMerge` merges typed values with the same list semantics, but a patch cannot be
+//! deserialised into a typed value (required fields are missing from patches) and `DeepMerge`
+//! has no way to express `null` deletions or the `$patch`/`$retainKeys`/
+//! `$deleteFromPrimitiveList` directives kubectl sends.
 
 use serde_json::{Map, Value};
 
@@ -41,9 +47,9 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     json_patch::merge(target, patch);
 }
 
-/// Applies a JSON patch. As on the real server (evanphx/json-patch), a `test` of a path that
-/// does not exist succeeds when the expected value is `null` and fails otherwise; a failed
-/// patch is a 422.
+/// Applies a JSON patch. As on the real server (evanphx/json-patch v4): a `test` of a path
+/// whose parent exists but whose last element does not succeeds when the expected value is
+/// `null` and fails otherwise; a `test` under a missing parent fails. A failed patch is a 422.
 pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
@@ -52,13 +58,18 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
         if let json_patch::PatchOperation::Test(t) = &op
             && doc.pointer(t.path.as_str()).is_none()
         {
+            let path = t.path.as_str();
+            let parent = &path[..path.rfind('/').unwrap_or(0)];
+            if doc.pointer(parent).is_none() {
+                return Err(unprocessable(format!(
+                    "test operation does not apply: is missing path: {path}"
+                )));
+            }
             if t.value.is_null() {
                 continue;
             }
             return Err(unprocessable(format!(
-                "testing value {} failed: test operation for path '{}' failed, expected {}, \
-                 found nothing",
-                t.path, t.path, t.value
+                "testing value {path} failed: test failed"
             )));
         }
         json_patch::patch(&mut doc, std::slice::from_ref(&op))

@@ -191,6 +191,7 @@ impl Emulator {
                 .get("fieldManager")
                 .cloned()
                 .unwrap_or_else(|| default_manager(req)),
+            explicit_manager: query.contains_key("fieldManager"),
             dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
             force: flag("force"),
         };
