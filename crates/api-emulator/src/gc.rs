@@ -101,13 +101,19 @@ pub fn delete(store: &mut Store, t: &Target, opts: &DeleteOptions) -> Result<Val
         Deleted::Gone(last) if t.res.returns_deleted_object => {
             Ok(present(&t.res, &t.version, &last))
         }
-        Deleted::Gone(last) => Ok(json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-            "details": {
-                "name": t.name, "group": t.res.group, "kind": t.res.plural,
-                "uid": last["metadata"]["uid"],
-            },
-        })),
+        Deleted::Gone(last) => {
+            let mut details = json!({"name": t.name, "kind": t.res.plural});
+            if !t.res.group.is_empty() {
+                details["group"] = json!(t.res.group);
+            }
+            if let Some(uid) = last["metadata"]["uid"].as_str() {
+                details["uid"] = json!(uid);
+            }
+            Ok(json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": details,
+            }))
+        }
         Deleted::Pending(obj) => Ok(present(&t.res, &t.version, &obj)),
     }
 }
@@ -155,15 +161,15 @@ pub fn delete_object(store: &mut Store, loc: &Location, policy: Propagation) -> 
                 obj["status"]["phase"] = json!("Terminating");
             }
         }
-        store.put(key, obj);
+        store.put(key, obj.clone());
     }
     if is_namespace {
         terminate_namespace(store, name);
     }
-    run_system_finalizers(store, loc);
+    let removed = run_system_finalizers(store, loc);
     match store.get(key, ns, name) {
         Some(o) => Deleted::Pending((**o).clone()),
-        None => Deleted::Gone(Value::Null),
+        None => Deleted::Gone(removed.unwrap_or(obj)),
     }
 }
 
@@ -178,12 +184,11 @@ fn finalizers(obj: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Carries out the `orphan` and `foregroundDeletion` finalizers the garbage collector owns.
-fn run_system_finalizers(store: &mut Store, loc: &Location) {
+/// Carries out the `orphan` and `foregroundDeletion` finalizers the garbage collector owns;
+/// returns the object's last state if that removed it.
+fn run_system_finalizers(store: &mut Store, loc: &Location) -> Option<Value> {
     let (key, ns, name) = loc;
-    let Some(obj) = store.get(key, ns, name).cloned() else {
-        return;
-    };
+    let obj = store.get(key, ns, name).cloned()?;
     let uid = obj["metadata"]["uid"]
         .as_str()
         .unwrap_or_default()
@@ -203,21 +208,20 @@ fn run_system_finalizers(store: &mut Store, loc: &Location) {
             fins.retain(|f| f != FOREGROUND);
         }
     }
-    if fins != finalizers(&obj) {
-        let Some(current) = store.get(key, ns, name) else {
-            return;
-        };
-        let mut current = (**current).clone();
-        current["metadata"]["finalizers"] = json!(fins);
-        if fins.is_empty() {
-            current["metadata"]
-                .as_object_mut()
-                .expect("object")
-                .remove("finalizers");
-            remove_now(store, key, ns, name, Some(current));
-        } else {
-            store.put(key, current);
-        }
+    if fins == finalizers(&obj) {
+        return None;
+    }
+    let mut current = (**store.get(key, ns, name)?).clone();
+    current["metadata"]["finalizers"] = json!(fins);
+    if fins.is_empty() {
+        current["metadata"]
+            .as_object_mut()
+            .expect("object")
+            .remove("finalizers");
+        remove_now(store, key, ns, name, Some(current))
+    } else {
+        store.put(key, current);
+        None
     }
 }
 

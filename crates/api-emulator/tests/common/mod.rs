@@ -24,3 +24,27 @@ pub fn reason<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> (u16, String) {
         other => panic!("expected an API error, got {other:?}"),
     }
 }
+
+/// Polls `check` until it holds (real clusters collect garbage asynchronously), for up to
+/// 30 seconds.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("not in time: {what}");
+}
+
+/// Whether `get` answers 404.
+pub async fn is_gone<K: Clone + serde::de::DeserializeOwned + std::fmt::Debug>(
+    api: &kube::Api<K>,
+    name: &str,
+) -> bool {
+    matches!(api.get(name).await, Err(kube::Error::Api(s)) if s.code == 404)
+}
