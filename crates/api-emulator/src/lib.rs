@@ -37,12 +37,21 @@
 //!
 //! # Fidelity: the same tests on a real cluster
 //!
-//! The conformance tests (`tests/conformance_*.rs`) get their client from
-//! [`testing::TestEnv::new`]. When the environment variable `HSM_TEST_KUBECONFIG` names a
-//! kubeconfig, they run against that cluster instead of the emulator — the same test bodies,
-//! each in a fresh namespace that is deleted afterwards, with the CRDs from `deploy/crds`
-//! applied first. A behaviour that differs is a failing test. Tests that need the emulator's
-//! own controls (history compaction, review decisions) skip themselves on a real cluster.
+//! The conformance tests (`tests/conformance_*.rs`, `tests/kubectl.rs`) get their client
+//! from [`testing::TestEnv::new`]. When the environment variable `HSM_TEST_KUBECONFIG`
+//! names a kubeconfig, they run against that cluster instead of the emulator — the same test
+//! bodies, each in a fresh `emu-test-*` namespace that is deleted when the test ends (also
+//! when it fails), with the CRDs from `deploy/crds` server-side applied first (they stay).
+//! A behaviour that differs is a failing test:
+//!
+//! ```sh
+//! HSM_TEST_KUBECONFIG=$HOME/.kube/config cargo nextest run -p api-emulator
+//! ```
+//!
+//! Without the variable they run on an in-process emulator. Tests that need the emulator's
+//! own controls (history compaction, review decisions, bookmark interval) return early on a
+//! real cluster. Pointing the variable at `api-emulator serve`'s kubeconfig runs the whole
+//! suite over HTTP, as `tests/fidelity_switch.rs` does for the switch itself.
 
 pub mod apply;
 pub mod crd;

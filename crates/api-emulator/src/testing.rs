@@ -31,16 +31,27 @@ impl TestEnv {
     /// A fresh environment with the CRDs of `crd_dir` (if given) installed. Panics when the
     /// real cluster cannot be reached: a test helper, not a library call.
     pub async fn new(crd_dir: Option<&Path>) -> TestEnv {
-        let (client, emulator, kubeconfig) = match std::env::var_os(REAL_CLUSTER_ENV) {
-            Some(path) => {
-                let path = PathBuf::from(path);
-                (real_client(&path).await, None, Some(path))
-            }
+        match std::env::var_os(REAL_CLUSTER_ENV) {
+            Some(path) => Self::on_cluster(Path::new(&path), crd_dir).await,
             None => {
                 let emu = Emulator::new();
-                (emu.client(), Some(emu), None)
+                Self::setup(emu.client(), Some(emu), None, crd_dir).await
             }
-        };
+        }
+    }
+
+    /// An environment on the cluster of a kubeconfig, as when `HSM_TEST_KUBECONFIG` names it.
+    pub async fn on_cluster(kubeconfig: &Path, crd_dir: Option<&Path>) -> TestEnv {
+        let client = real_client(kubeconfig).await;
+        Self::setup(client, None, Some(kubeconfig.to_path_buf()), crd_dir).await
+    }
+
+    async fn setup(
+        client: Client,
+        emulator: Option<Emulator>,
+        kubeconfig: Option<PathBuf>,
+        crd_dir: Option<&Path>,
+    ) -> TestEnv {
         if let Some(dir) = crd_dir {
             install_crds(&client, dir).await;
         }
