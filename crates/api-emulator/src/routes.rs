@@ -317,12 +317,10 @@ impl Emulator {
         params: WatchParams,
         as_table: bool,
     ) -> Result<Response<ResponseBody>, ApiError> {
-        let render: Render = if as_table {
+        let render: Render = as_table.then(|| {
             let res = t.res.clone();
-            Arc::new(move |o: &Value| table::table(&res, std::slice::from_ref(o), None))
-        } else {
-            Arc::new(|o: &Value| o.clone())
-        };
+            Arc::new(move |o: &Value| table::table(&res, std::slice::from_ref(o), None)) as _
+        });
         let rx = {
             let store = self.inner.store.lock();
             watch::start(&store, t, params, self.inner.bookmark_interval, render)?

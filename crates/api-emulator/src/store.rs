@@ -6,7 +6,9 @@
 //! exactly one watch event, stamped with the resourceVersion it created.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -51,6 +53,8 @@ pub struct Event {
     /// The object before the change, so that a watch with a label selector can turn a change
     /// that moves an object out of (into) its selection into DELETED (ADDED).
     pub old: Option<Arc<Value>>,
+    /// `object` as JSON, encoded once for all the watches that send it unchanged.
+    pub wire: OnceLock<Bytes>,
 }
 
 /// A watch from a resourceVersion that is no longer in the kept history.
@@ -257,6 +261,7 @@ impl Store {
             type_,
             object,
             old,
+            wire: OnceLock::new(),
         });
         self.history.push_back(event.clone());
         while self.history.len() > self.history_limit {

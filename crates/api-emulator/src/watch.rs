@@ -31,8 +31,9 @@ pub struct WatchParams {
     pub fields: FieldSelector,
 }
 
-/// How a watch renders the objects of its events (plain objects or kubectl tables).
-pub type Render = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
+/// How a watch renders the objects of its events for kubectl (as Tables); `None` sends the
+/// objects themselves.
+pub type Render = Option<Arc<dyn Fn(&Value) -> Value + Send + Sync>>;
 
 /// Starts a watch: everything up to now is decided under the store lock, the rest is a task
 /// that forwards live events until the timeout, the client leaves, or it falls behind.
@@ -60,7 +61,10 @@ pub fn start(
     let from = if from_now || p.send_initial_events {
         let ns_filter = (!t.namespace.is_empty()).then_some(t.namespace.as_str());
         for o in store.list(&key, ns_filter).filter(|o| passes(o)) {
-            initial.push(line("ADDED", &render(&present(&t.res, &t.version, o))));
+            initial.push(line(
+                "ADDED",
+                &rendered(&render, present(&t.res, &t.version, o)),
+            ));
         }
         if p.send_initial_events && p.bookmarks {
             initial.push(bookmark(t, current, true));
@@ -90,6 +94,7 @@ pub fn start(
             return Ok(rx);
         }
     };
+    let storage_version = t.version == t.res.storage_version();
     let render_event = {
         let t = t.clone();
         move |e: &Event| -> Option<Bytes> {
@@ -103,9 +108,20 @@ pub fn start(
                 EventType::Modified if was_in => ("DELETED", e.old.as_deref()?),
                 _ => return None,
             };
+            if render.is_none() && storage_version && std::ptr::eq(obj, &*e.object) {
+                // The stored object is already in its wire form (storage version, this
+                // event's resourceVersion): encode it once for every watch.
+                let wire = e.wire.get_or_init(|| {
+                    Bytes::from(serde_json::to_vec(&*e.object).unwrap_or_default())
+                });
+                return Some(line_raw(type_, wire));
+            }
             let mut obj = obj.clone();
             obj["metadata"]["resourceVersion"] = json!(e.rv.to_string());
-            Some(line(type_, &render(&present(&t.res, &t.version, &obj))))
+            Some(line(
+                type_,
+                &rendered(&render, present(&t.res, &t.version, &obj)),
+            ))
         }
     };
     let mut last_rv = from.max(backlog.last().map_or(0, |e| e.rv));
@@ -160,6 +176,23 @@ pub fn start(
         }
     });
     Ok(rx)
+}
+
+fn rendered(render: &Render, object: Value) -> Value {
+    match render {
+        Some(r) => r(&object),
+        None => object,
+    }
+}
+
+fn line_raw(type_: &str, object: &[u8]) -> Bytes {
+    let mut v = Vec::with_capacity(object.len() + 32);
+    v.extend_from_slice(b"{\"type\":\"");
+    v.extend_from_slice(type_.as_bytes());
+    v.extend_from_slice(b"\",\"object\":");
+    v.extend_from_slice(object);
+    v.extend_from_slice(b"}\n");
+    Bytes::from(v)
 }
 
 fn line(type_: &str, object: &Value) -> Bytes {
