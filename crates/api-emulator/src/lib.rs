@@ -28,12 +28,12 @@
 //!
 //! Known differences: `limit`/`continue` are ignored (one page holds everything, which every
 //! client treats as the last page); no authentication or RBAC on the API itself (TokenReview
-//! and SubjectAccessReview answer what the test set); OpenAPI v3 lists operations but no schemas
-//! (enough for kubectl's server-side validation check; `/openapi/v2` is 404); CRD schemas are neither validated, defaulted
-//! nor pruned; only the storage version of a CRD is kept (other served versions see the
-//! same object with another apiVersion, no conversion); core and `events.k8s.io` Events are
-//! separate collections; protobuf is never served; garbage collection and namespace
-//! termination finish inside the deleting request rather than shortly after it.
+//! and SubjectAccessReview answer what the test set); OpenAPI v3 lists operations but no
+//! schemas (enough for kubectl's server-side validation check; `/openapi/v2` is 404); CRD
+//! schemas are neither validated, defaulted nor pruned; only the storage version of a CRD is
+//! kept (other served versions see the same object with another apiVersion, no conversion);
+//! protobuf is never served; garbage collection and namespace termination finish inside the
+//! deleting request rather than shortly after it.
 //!
 //! # Fidelity: the same tests on a real cluster
 //!
@@ -57,6 +57,7 @@ pub mod apply;
 pub mod crd;
 pub mod discovery;
 pub mod error;
+pub mod events;
 pub mod fields;
 pub mod gc;
 pub mod kubeconfig;

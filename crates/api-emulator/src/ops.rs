@@ -35,7 +35,7 @@ pub struct Target {
 impl Target {
     /// The store key of the resource.
     pub fn key(&self) -> ResourceKey {
-        (self.res.group.clone(), self.res.plural.clone())
+        crate::events::storage_key(&self.res)
     }
 
     fn scope(&self) -> Scope {
@@ -68,7 +68,7 @@ pub struct WriteOptions {
 
 /// The object as seen through `version` (apiVersion and kind set).
 pub fn present(res: &ResourceInfo, version: &str, object: &Value) -> Value {
-    let mut o = object.clone();
+    let mut o = crate::events::outbound(res, object);
     o["apiVersion"] = json!(res.api_version(version));
     o["kind"] = json!(res.kind);
     o
@@ -155,12 +155,13 @@ pub fn create(
 fn create_with(
     store: &mut Store,
     t: &Target,
-    mut body: Value,
+    body: Value,
     o: &WriteOptions,
     managed: Option<Value>,
 ) -> Result<Value, ApiError> {
     ensure_object(&body)?;
     check_type(t, &body)?;
+    let mut body = crate::events::inbound(&t.res, body);
     check_namespace(store, t, &mut body)?;
     let meta_obj = &mut body["metadata"];
     let mut name = meta_obj["name"].as_str().unwrap_or_default().to_string();
@@ -284,6 +285,7 @@ pub fn update(
         .get(&t.key(), &t.namespace, &t.name)
         .cloned()
         .ok_or_else(|| ApiError::not_found(&t.res.group, &t.res.plural, &t.name))?;
+    let body = crate::events::inbound(&t.res, body);
     commit_update(store, t, &old, body, o, Ownership::Update)
 }
 
@@ -313,13 +315,14 @@ pub fn patch(
         return apply(store, t, old, config, o);
     }
     let old = old.ok_or_else(|| ApiError::not_found(&t.res.group, &t.res.plural, &t.name))?;
-    let mut new = (*old).clone();
+    let mut new = crate::events::outbound(&t.res, &old);
     match type_ {
         PatchType::Merge => patch::merge_patch(&mut new, &parse_json(body)?),
         PatchType::Json => patch::json_patch(&mut new, &parse_json(body)?)?,
         PatchType::Strategic => patch::strategic_merge(&t.res, &mut new, &parse_json(body)?)?,
         PatchType::Apply => unreachable!("handled above"),
     }
+    let new = crate::events::inbound(&t.res, new);
     commit_update(store, t, &old, new, o, Ownership::Update)
 }
 
@@ -372,7 +375,8 @@ fn apply(
             {
                 return Err(ApiError::stale(&t.res.group, &t.res.plural, &t.name));
             }
-            let new = applier.run(&old, &config)?;
+            let new = applier.run(&crate::events::outbound(&t.res, &old), &config)?;
+            let new = crate::events::inbound(&t.res, new);
             commit_update(store, t, &old, new, o, Ownership::Applied)
         }
     }

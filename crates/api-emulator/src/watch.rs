@@ -94,7 +94,8 @@ pub fn start(
             return Ok(rx);
         }
     };
-    let storage_version = t.version == t.res.storage_version();
+    let storage_version =
+        t.version == t.res.storage_version() && !crate::events::is_events_group(&t.res);
     let render_event = {
         let t = t.clone();
         move |e: &Event| -> Option<Bytes> {

@@ -107,9 +107,34 @@ async fn kubectl_apply_get_describe_delete() {
     .await;
     assert!(ok && out.trim() == "2", "{out}");
 
+    // An event recorded through events.k8s.io shows in describe (which reads core Events).
+    let hsm: kube::Api<hsm_api::HSMSecret> = env.api();
+    let obj = hsm.get("db").await.unwrap();
+    let recorder = kube::runtime::events::Recorder::new(
+        env.client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "emu-test".into(),
+            instance: None,
+        },
+    );
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: "SyncFailed".into(),
+        note: Some("device offline".into()),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    recorder
+        .publish(&event, &kube::Resource::object_ref(&obj, &()))
+        .await
+        .unwrap();
     let (ok, out) = kubectl(&kc, &ns, &["describe", "hsmsecret", "db"], None).await;
     assert!(ok, "{out}");
     assert!(out.contains("Secret Name:  db2"), "{out}");
+    assert!(
+        out.contains("SyncFailed") && out.contains("device offline"),
+        "{out}"
+    );
     let (ok, out) = kubectl(&kc, &ns, &["describe", "configmap", "cfg"], None).await;
     assert!(ok && out.contains("Name:         cfg"), "{out}");
 
