@@ -22,6 +22,8 @@
 //!   resourceVersion → 409; updates that change nothing are no-ops;
 //! - list with full label selectors and field selectors; watch from a resourceVersion with
 //!   bookmarks, `timeoutSeconds`, `sendInitialEvents`, 410 Gone beyond the kept history;
+//! - custom resources pruned, defaulted and validated against their CRD's schema (types,
+//!   required, enum, bounds, lengths, patterns; no CEL rules);
 //! - JSON merge, JSON and strategic merge patch, server-side apply with conflicts and
 //!   `force`; status subresource semantics; finalizers; propagationPolicy and garbage
 //!   collection by ownerReference; namespace termination.
@@ -29,8 +31,7 @@
 //! Known differences: `limit`/`continue` are ignored (one page holds everything, which every
 //! client treats as the last page); no authentication or RBAC on the API itself (TokenReview
 //! and SubjectAccessReview answer what the test set); OpenAPI v3 lists operations but no
-//! schemas (enough for kubectl's server-side validation check; `/openapi/v2` is 404); CRD
-//! schemas are neither validated, defaulted nor pruned; only the storage version of a CRD is
+//! schemas (enough for kubectl's server-side validation check; `/openapi/v2` is 404); only the storage version of a CRD is
 //! kept (other served versions see the same object with another apiVersion, no conversion);
 //! protobuf is never served; garbage collection and namespace termination finish inside the
 //! deleting request rather than shortly after it.
@@ -72,6 +73,7 @@ pub mod schema;
 pub mod selector;
 pub mod server;
 pub mod store;
+pub mod structural;
 pub mod table;
 pub mod testing;
 pub mod watch;

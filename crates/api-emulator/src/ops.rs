@@ -203,6 +203,7 @@ fn create_with(
         o.remove("status");
     }
     meta::apply_defaults(&t.res, &mut body, true);
+    admit_custom(t, &name, &mut body)?;
     match managed {
         Some(m) if !m.is_null() => body["metadata"]["managedFields"] = m,
         _ => {
@@ -233,6 +234,19 @@ fn create_with(
     }
     let stored = store.put(&key, body);
     Ok(present(&t.res, &t.version, &stored))
+}
+
+/// Prunes, defaults and validates a custom resource against its CRD's schema.
+fn admit_custom(t: &Target, name: &str, object: &mut Value) -> Result<(), ApiError> {
+    let Some(schema) = t.res.schema.as_ref().filter(|_| !t.res.builtin) else {
+        return Ok(());
+    };
+    let causes = crate::structural::admit(schema, object);
+    if causes.is_empty() {
+        return Ok(());
+    }
+    let kind = format!("{}.{}", t.res.kind, t.res.group);
+    Err(ApiError::invalid(&t.res.group, &kind, name, &causes))
 }
 
 fn is_crd(res: &ResourceInfo) -> bool {
@@ -456,6 +470,7 @@ fn commit_update(
         m.remove("managedFields");
     }
     meta::validate_labels(&t.res, &t.name, &new)?;
+    admit_custom(t, &t.name, &mut new)?;
     check_finalizers(t, old, &new)?;
     if t.res.has_generation && meta::spec_part(&new) != meta::spec_part(old) {
         let g = old["metadata"]["generation"].as_i64().unwrap_or(0);

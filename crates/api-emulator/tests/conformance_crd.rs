@@ -100,3 +100,50 @@ async fn crd_created_as_an_object_is_served_and_discovered() {
     }
     assert!(gone, "custom resources go with their CRD");
 }
+
+fn hsmsecret_api(env: &api_emulator::testing::TestEnv) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("hsm.j5t.io", "v1alpha1", "HSMSecret");
+    Api::namespaced_with(
+        env.client.clone(),
+        &env.namespace,
+        &ApiResource::from_gvk_with_plural(&gvk, "hsmsecrets"),
+    )
+}
+
+#[tokio::test]
+async fn custom_resources_are_pruned_and_defaulted_by_their_schema() {
+    let env = common::env().await;
+    let api = hsmsecret_api(&env);
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "hsm.j5t.io/v1alpha1", "kind": "HSMSecret",
+        "metadata": {"name": "d"},
+        "spec": {"secretName": "x", "notInTheSchema": 1},
+        "topLevelUnknown": true,
+    }))
+    .unwrap();
+    let created = api.create(&PostParams::default(), &obj).await.unwrap();
+    let spec = &created.data["spec"];
+    assert_eq!(spec["autoSync"], true);
+    assert_eq!(spec["syncInterval"], 30);
+    assert!(spec.get("notInTheSchema").is_none());
+    assert!(created.data.get("topLevelUnknown").is_none());
+}
+
+#[tokio::test]
+async fn a_custom_resource_of_the_wrong_type_is_422() {
+    let env = common::env().await;
+    let api = hsmsecret_api(&env);
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "hsm.j5t.io/v1alpha1", "kind": "HSMSecret",
+        "metadata": {"name": "bad"},
+        "spec": {"syncInterval": "often"},
+    }))
+    .unwrap();
+    match api.create(&PostParams::default(), &obj).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+            assert!(s.message.contains("spec.syncInterval"), "{}", s.message);
+        }
+        other => panic!("expected 422, got {other:?}"),
+    }
+}

@@ -130,7 +130,11 @@ async fn kubectl_apply_get_describe_delete() {
         .unwrap();
     let (ok, out) = kubectl(&kc, &ns, &["describe", "hsmsecret", "db"], None).await;
     assert!(ok, "{out}");
-    assert!(out.contains("Secret Name:  db2"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("Secret Name:") && l.trim_end().ends_with(" db2")),
+        "{out}"
+    );
     assert!(
         out.contains("SyncFailed") && out.contains("device offline"),
         "{out}"
