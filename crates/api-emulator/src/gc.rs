@@ -51,6 +51,8 @@ pub struct DeleteOptions {
     pub resource_version: Option<String>,
     /// `dryRun=All`.
     pub dry_run: bool,
+    /// `gracePeriodSeconds`.
+    pub grace_period: Option<i64>,
 }
 
 const ORPHAN: &str = "orphan";
@@ -97,6 +99,9 @@ pub fn delete(store: &mut Store, t: &Target, opts: &DeleteOptions) -> Result<Val
         return Ok(present(&t.res, &t.version, &obj));
     }
     let loc = (key, t.namespace.clone(), t.name.clone());
+    if let Some(pending) = graceful_pod_deletion(store, &loc, opts.grace_period) {
+        return Ok(present(&t.res, &t.version, &pending));
+    }
     match delete_object(store, &loc, opts.propagation.unwrap_or_default()) {
         Deleted::Gone(last) if t.res.returns_deleted_object => {
             Ok(present(&t.res, &t.version, &last))
@@ -116,6 +121,48 @@ pub fn delete(store: &mut Store, t: &Target, opts: &DeleteOptions) -> Result<Val
         }
         Deleted::Pending(obj) => Ok(present(&t.res, &t.version, &obj)),
     }
+}
+
+/// A pod bound to a node is deleted gracefully, as on the real server: it is marked with
+/// deletionTimestamp (now + grace) and deletionGracePeriodSeconds and stays until its kubelet
+/// (here: whoever plays it, e.g. a pod runner) deletes it with a grace period of 0. Unbound
+/// pods and pods that have finished go at once. Returns the marked pod.
+fn graceful_pod_deletion(
+    store: &mut Store,
+    loc: &Location,
+    requested: Option<i64>,
+) -> Option<Value> {
+    let (key, ns, name) = loc;
+    if !(key.0.is_empty() && key.1 == "pods") {
+        return None;
+    }
+    let pod = store.get(key, ns, name)?;
+    let bound = pod["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
+    let grace = requested
+        .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+        .unwrap_or(30);
+    if !bound || finished || grace <= 0 {
+        return None;
+    }
+    let current = pod["metadata"]["deletionGracePeriodSeconds"].as_i64();
+    if current.is_some_and(|c| c <= grace) {
+        // Already terminating with a grace period at least as short.
+        return Some((**pod).clone());
+    }
+    let mut pod = (**pod).clone();
+    let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
+    pod["metadata"]["deletionTimestamp"] = json!(at.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+    pod["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+    if let Some(g) = pod["metadata"]["generation"].as_i64() {
+        pod["metadata"]["generation"] = json!(g + 1);
+    }
+    Some((*store.put(key, pod)).clone())
 }
 
 /// What became of a deleted object.

@@ -26,7 +26,9 @@
 //!   required, enum, bounds, lengths, patterns; no CEL rules);
 //! - JSON merge, JSON and strategic merge patch, server-side apply with conflicts and
 //!   `force`; status subresource semantics; finalizers; propagationPolicy and garbage
-//!   collection by ownerReference; namespace termination.
+//!   collection by ownerReference; namespace termination; graceful deletion of pods bound
+//!   to a node (they stay terminating until a delete with `gracePeriodSeconds=0`, which is
+//!   what a kubelet sends — the e2e pod runner plays that part).
 //!
 //! Known differences: `limit`/`continue` are ignored (one page holds everything, which every
 //! client treats as the last page); no authentication or RBAC on the API itself (TokenReview

@@ -396,5 +396,9 @@ fn delete_options(body: &Bytes, query: &Query) -> Result<DeleteOptions, ApiError
             .as_str()
             .map(String::from),
         dry_run,
+        grace_period: query
+            .get("gracePeriodSeconds")
+            .and_then(|g| g.parse().ok())
+            .or_else(|| b["gracePeriodSeconds"].as_i64()),
     })
 }

@@ -338,3 +338,56 @@ async fn deleting_a_namespace_deletes_its_contents() {
     common::eventually("contents gone", || common::is_gone(&cms, "inside")).await;
     common::eventually("namespace gone", || common::is_gone(&namespaces, &name)).await;
 }
+
+#[tokio::test]
+async fn a_pod_on_a_node_terminates_gracefully_until_its_kubelet_confirms() {
+    use k8s_openapi::api::core::v1::Pod;
+    let env = common::env().await;
+    let pods: Api<Pod> = env.api();
+    let pod = |name: &str, node: Option<&str>| -> Pod {
+        let mut p = json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+        if let Some(n) = node {
+            // A node that does not exist: no kubelet will ever act on it.
+            p["spec"]["nodeName"] = json!(n);
+        }
+        serde_json::from_value(p).unwrap()
+    };
+    pods.create(
+        &PostParams::default(),
+        &pod("bound", Some("emu-test-no-such-node")),
+    )
+    .await
+    .unwrap();
+    pods.create(&PostParams::default(), &pod("unbound", None))
+        .await
+        .unwrap();
+
+    pods.delete("unbound", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::eventually("an unbound pod goes at once", || {
+        common::is_gone(&pods, "unbound")
+    })
+    .await;
+
+    pods.delete("bound", &DeleteParams::default())
+        .await
+        .unwrap();
+    let terminating = pods.get("bound").await.unwrap();
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
+    // The kubelet's confirmation.
+    pods.delete(
+        "bound",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    common::eventually("gone after the kubelet's delete", || {
+        common::is_gone(&pods, "bound")
+    })
+    .await;
+}
