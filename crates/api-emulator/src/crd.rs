@@ -92,15 +92,7 @@ pub fn resource_from_crd(crd: &Value) -> Result<ResourceInfo, ApiError> {
             served.push(vname);
         }
     }
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let strings = crate::meta::strings;
     let printer_columns = storage["additionalPrinterColumns"]
         .as_array()
         .map(|cols| {

@@ -8,7 +8,7 @@
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::meta;
+use crate::meta::{self, finalizers};
 use crate::ops::{Target, present};
 use crate::resources::ResourceKey;
 use crate::store::{Location, Store};
@@ -218,17 +218,6 @@ pub fn delete_object(store: &mut Store, loc: &Location, policy: Propagation) -> 
         Some(o) => Deleted::Pending((**o).clone()),
         None => Deleted::Gone(removed.unwrap_or(obj)),
     }
-}
-
-fn finalizers(obj: &Value) -> Vec<String> {
-    obj["metadata"]["finalizers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Carries out the `orphan` and `foregroundDeletion` finalizers the garbage collector owns;

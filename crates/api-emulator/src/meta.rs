@@ -8,6 +8,22 @@ use serde_json::{Map, Value, json};
 use crate::error::ApiError;
 use crate::resources::ResourceInfo;
 
+/// The strings of a JSON array (empty when absent or not an array).
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An object's `metadata.finalizers`.
+pub fn finalizers(object: &Value) -> Vec<String> {
+    strings(&object["metadata"]["finalizers"])
+}
+
 /// Now, as the apiserver writes timestamps (RFC 3339, seconds, `Z`).
 pub fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()

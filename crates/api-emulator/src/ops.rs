@@ -531,16 +531,7 @@ fn check_finalizers(t: &Target, old: &Value, new: &Value) -> Result<(), ApiError
     if old["metadata"]["deletionTimestamp"].is_null() {
         return Ok(());
     }
-    let list = |v: &Value| -> Vec<String> {
-        v["metadata"]["finalizers"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let list = meta::finalizers;
     let before = list(old);
     let added: Vec<String> = list(new)
         .into_iter()

@@ -5,6 +5,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::meta::strings;
+
 /// Prunes, defaults and validates `object` (a whole custom resource) against `schema` (the
 /// version's `openAPIV3Schema`). Returns the causes of invalidity as (field, message).
 pub fn admit(schema: &Value, object: &mut Value) -> Vec<(String, String)> {
@@ -58,16 +60,6 @@ fn preserves_unknown(s: &Value) -> bool {
 
 fn nullable(s: &Value) -> bool {
     s["nullable"].as_bool() == Some(true)
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn prune(s: &Value, v: &mut Value) {

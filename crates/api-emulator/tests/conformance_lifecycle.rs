@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use futures::StreamExt as _;
 use hsm_api::{HSMSecret, HSMSecretSpec, HSMSecretStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchParams};
 use serde_json::json;
 
 #[tokio::test]
@@ -85,33 +83,6 @@ async fn status_subresource_separates_spec_and_status_writes() {
     );
 }
 
-async fn events_of<K>(
-    stream: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<K>>> + Unpin),
-    n: usize,
-) -> Vec<(String, String, bool)>
-where
-    K: kube::Resource,
-{
-    let mut out = Vec::new();
-    while out.len() < n {
-        let ev = tokio::time::timeout(Duration::from_secs(30), stream.next())
-            .await
-            .expect("an event")
-            .unwrap()
-            .unwrap();
-        let (t, o) = match ev {
-            WatchEvent::Added(o) => ("ADDED", o),
-            WatchEvent::Modified(o) => ("MODIFIED", o),
-            WatchEvent::Deleted(o) => ("DELETED", o),
-            WatchEvent::Bookmark(_) => continue,
-            WatchEvent::Error(e) => panic!("{e:?}"),
-        };
-        let deleting = o.meta().deletion_timestamp.is_some();
-        out.push((t.into(), o.meta().name.clone().unwrap(), deleting));
-    }
-    out
-}
-
 #[tokio::test]
 async fn finalizers_hold_deletion_until_the_last_is_removed() {
     let env = common::env().await;
@@ -163,7 +134,7 @@ async fn finalizers_hold_deletion_until_the_last_is_removed() {
     .unwrap();
     assert!(common::is_gone(&api, "f").await);
     assert_eq!(
-        events_of(&mut stream, 2).await,
+        common::next_events(&mut stream, 2).await,
         [
             ("MODIFIED".into(), "f".into(), true),
             ("DELETED".into(), "f".into(), true)
@@ -222,7 +193,7 @@ async fn background_deletion_collects_dependents_with_a_watch_event() {
         .unwrap();
     common::eventually("dependent collected", || common::is_gone(&deps, "dep")).await;
     assert_eq!(
-        events_of(&mut stream, 1).await,
+        common::next_events(&mut stream, 1).await,
         [("DELETED".into(), "dep".into(), false)]
     );
 }

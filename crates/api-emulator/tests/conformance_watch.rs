@@ -24,32 +24,8 @@ fn rv(c: &ConfigMap) -> String {
     c.metadata.resource_version.clone().unwrap()
 }
 
-/// (type, name) of the next `n` events, skipping bookmarks.
-async fn next_events(
-    stream: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<ConfigMap>>> + Unpin),
-    n: usize,
-) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let ev = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("an event in time")
-            .expect("the watch goes on")
-            .expect("a decodable event");
-        let (t, o) = match ev {
-            WatchEvent::Added(o) => ("ADDED", o),
-            WatchEvent::Modified(o) => ("MODIFIED", o),
-            WatchEvent::Deleted(o) => ("DELETED", o),
-            WatchEvent::Bookmark(_) => continue,
-            WatchEvent::Error(e) => panic!("watch error {e:?}"),
-        };
-        out.push((t.to_string(), o.metadata.name.unwrap()));
-    }
-    out
-}
-
-fn ev(t: &str, n: &str) -> (String, String) {
-    (t.to_string(), n.to_string())
+fn ev(t: &str, n: &str) -> (String, String, bool) {
+    (t.to_string(), n.to_string(), false)
 }
 
 #[tokio::test]
@@ -77,14 +53,17 @@ async fn watch_from_a_resource_version_replays_every_later_mutation() {
         .unwrap()
         .boxed();
     assert_eq!(
-        next_events(&mut stream, 3).await,
+        common::next_events(&mut stream, 3).await,
         [ev("ADDED", "b"), ev("MODIFIED", "b"), ev("DELETED", "a")]
     );
     // And live events after the replay.
     api.create(&PostParams::default(), &cm("c", json!({})))
         .await
         .unwrap();
-    assert_eq!(next_events(&mut stream, 1).await, [ev("ADDED", "c")]);
+    assert_eq!(
+        common::next_events(&mut stream, 1).await,
+        [ev("ADDED", "c")]
+    );
 }
 
 #[tokio::test]
@@ -108,7 +87,7 @@ async fn label_selected_watch_sees_objects_move_in_and_out() {
         .await
         .unwrap();
     assert_eq!(
-        next_events(&mut stream, 2).await,
+        common::next_events(&mut stream, 2).await,
         [ev("ADDED", "x"), ev("DELETED", "x")]
     );
 }

@@ -48,3 +48,34 @@ pub async fn is_gone<K: Clone + serde::de::DeserializeOwned + std::fmt::Debug>(
 ) -> bool {
     matches!(api.get(name).await, Err(kube::Error::Api(s)) if s.code == 404)
 }
+
+/// (type, name, has deletionTimestamp) of the next `n` events of a watch, bookmarks skipped.
+pub async fn next_events<K: kube::Resource>(
+    stream: &mut (impl futures::Stream<Item = kube::Result<kube::api::WatchEvent<K>>> + Unpin),
+    n: usize,
+) -> Vec<(String, String, bool)> {
+    use futures::StreamExt as _;
+    use kube::api::WatchEvent;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(30), stream.next())
+            .await
+            .expect("an event in time")
+            .expect("the watch goes on")
+            .expect("a decodable event");
+        let (t, o) = match ev {
+            WatchEvent::Added(o) => ("ADDED", o),
+            WatchEvent::Modified(o) => ("MODIFIED", o),
+            WatchEvent::Deleted(o) => ("DELETED", o),
+            WatchEvent::Bookmark(_) => continue,
+            WatchEvent::Error(e) => panic!("watch error {e:?}"),
+        };
+        let deleting = o.meta().deletion_timestamp.is_some();
+        out.push((
+            t.into(),
+            o.meta().name.clone().unwrap_or_default(),
+            deleting,
+        ));
+    }
+    out
+}
