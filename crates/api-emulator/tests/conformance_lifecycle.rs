@@ -171,6 +171,20 @@ async fn owner_and_dependent(
     (owners, deps)
 }
 
+/// Waits until the dependent has lost its ownerReference.
+async fn wait_orphaned(deps: &Api<Secret>) {
+    common::eventually("reference removed", || async {
+        deps.get("dep")
+            .await
+            .unwrap()
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn background_deletion_collects_dependents_with_a_watch_event() {
     let env = common::env().await;
@@ -207,16 +221,7 @@ async fn orphan_deletion_keeps_dependents_without_the_reference() {
         .await
         .unwrap();
     common::eventually("owner gone", || common::is_gone(&owners, "owner")).await;
-    common::eventually("reference removed", || async {
-        deps.get("dep")
-            .await
-            .unwrap()
-            .metadata
-            .owner_references
-            .unwrap_or_default()
-            .is_empty()
-    })
-    .await;
+    wait_orphaned(&deps).await;
 }
 
 #[tokio::test]
@@ -271,16 +276,7 @@ async fn propagation_policy_in_the_query_is_honoured() {
     .body(Vec::new())
     .unwrap();
     env.client.request::<serde_json::Value>(req).await.unwrap();
-    common::eventually("reference removed", || async {
-        deps.get("dep")
-            .await
-            .unwrap()
-            .metadata
-            .owner_references
-            .unwrap_or_default()
-            .is_empty()
-    })
-    .await;
+    wait_orphaned(&deps).await;
 }
 
 #[tokio::test]
