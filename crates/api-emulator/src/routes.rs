@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,8 +19,9 @@ use crate::gc::{DeleteOptions, Propagation};
 use crate::ops::{self, Target, WriteOptions};
 use crate::patch::PatchType;
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::watch::{self, Render, WatchParams};
-use crate::{Emulator, discovery, openapi, table};
+use crate::table::Form;
+use crate::watch::{self, WatchParams};
+use crate::{Emulator, discovery, openapi};
 
 /// The body of every response: a whole JSON document or a stream of watch events.
 pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -177,7 +177,7 @@ impl Emulator {
             status,
         };
         let accept = header_str(req, header::ACCEPT);
-        let as_table = table::wants_table(&accept);
+        let form = Form::from_accept(&accept);
         let method = req.method().clone();
         if res.create_only && method != Method::POST {
             return Err(ApiError::MethodNotAllowed(format!(
@@ -214,25 +214,14 @@ impl Emulator {
                         labels,
                         fields,
                     };
-                    return self.watch(&t, params, as_table);
+                    return self.watch(&t, params, form);
                 }
                 let list = ops::list(&self.inner.store.lock(), &t, &labels, &fields);
-                if as_table {
-                    let items = list["items"].as_array().cloned().unwrap_or_default();
-                    return ok(table::table(
-                        &res,
-                        &items,
-                        list["metadata"]["resourceVersion"].as_str(),
-                    ));
-                }
-                ok(list)
+                ok(form.list(&res, list))
             }
             (Method::GET, false) => {
                 let obj = ops::get(&self.inner.store.lock(), &t)?;
-                if as_table {
-                    return ok(table::table(&res, &[obj], None));
-                }
-                ok(obj)
+                ok(form.object(&res, obj))
             }
             (Method::POST, true) => {
                 let body = parse_body(req.body())?;
@@ -315,12 +304,9 @@ impl Emulator {
         &self,
         t: &Target,
         params: WatchParams,
-        as_table: bool,
+        form: Form,
     ) -> Result<Response<ResponseBody>, ApiError> {
-        let render: Render = as_table.then(|| {
-            let res = t.res.clone();
-            Arc::new(move |o: &Value| table::table(&res, std::slice::from_ref(o), None)) as _
-        });
+        let render = form.render(&t.res);
         let rx = {
             let store = self.inner.store.lock();
             watch::start(&store, t, params, self.inner.bookmark_interval, render)?

@@ -1,16 +1,84 @@
-//! Server-side printing (`meta.k8s.io/v1` `Table`), which `kubectl get` asks for: a name and
-//! age for built-ins, the CRD's `additionalPrinterColumns` for custom resources.
+//! The representations a client may ask for in `Accept` besides the objects themselves:
+//! server-side printing (`meta.k8s.io/v1` `Table`), which `kubectl get` asks for — a name and
+//! age for built-ins, the CRD's `additionalPrinterColumns` for custom resources — and
+//! `PartialObjectMetadata`, which kube's metadata watches ask for.
+
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
 use crate::resources::ResourceInfo;
 
-/// Whether an `Accept` header asks for a Table.
-pub fn wants_table(accept: &str) -> bool {
-    accept
-        .split(',')
-        .next()
-        .is_some_and(|first| first.contains("as=Table"))
+/// The representation of objects in a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// The objects.
+    Object,
+    /// A `Table` (one row per object).
+    Table,
+    /// `PartialObjectMetadata`: apiVersion, kind and metadata only.
+    Metadata,
+}
+
+impl Form {
+    /// The form the first entry of an `Accept` header asks for.
+    pub fn from_accept(accept: &str) -> Self {
+        let first = accept.split(',').next().unwrap_or_default();
+        if first.contains("as=Table") {
+            Form::Table
+        } else if first.contains("as=PartialObjectMetadata") {
+            Form::Metadata
+        } else {
+            Form::Object
+        }
+    }
+
+    /// A list in this form.
+    pub fn list(self, res: &ResourceInfo, list: Value) -> Value {
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        match self {
+            Form::Object => list,
+            Form::Table => table(res, &items, list["metadata"]["resourceVersion"].as_str()),
+            Form::Metadata => json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": list["metadata"],
+                "items": items.iter().map(partial).collect::<Vec<_>>(),
+            }),
+        }
+    }
+
+    /// One object in this form.
+    pub fn object(self, res: &ResourceInfo, object: Value) -> Value {
+        match self {
+            Form::Object => object,
+            Form::Table => table(res, &[object], None),
+            Form::Metadata => partial(&object),
+        }
+    }
+
+    /// How a watch renders its objects in this form (`None`: as they are).
+    pub fn render(self, res: &Arc<ResourceInfo>) -> crate::watch::Render {
+        match self {
+            Form::Object => None,
+            Form::Table => {
+                let res = res.clone();
+                Some(Arc::new(move |o: &Value| {
+                    table(&res, std::slice::from_ref(o), None)
+                }))
+            }
+            Form::Metadata => Some(Arc::new(partial)),
+        }
+    }
+}
+
+/// `PartialObjectMetadata` of an object.
+pub fn partial(object: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object["metadata"],
+    })
 }
 
 /// A Table of `objects`.

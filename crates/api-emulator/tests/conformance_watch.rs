@@ -302,3 +302,52 @@ async fn kube_controller_reconciles_existing_and_new_objects() {
     task.abort();
     assert!(done, "both objects reconciled");
 }
+
+#[tokio::test]
+async fn kube_metadata_watcher_gets_partial_object_metadata() {
+    let env = common::env().await;
+    let api: Api<ConfigMap> = env.api();
+    api.create(&PostParams::default(), &cm("m1", json!({"m": "1"})))
+        .await
+        .unwrap();
+    let list = api.list_metadata(&Default::default()).await.unwrap();
+    assert!(
+        list.items
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some("m1"))
+    );
+    let mut stream = watcher(
+        Api::<kube::core::PartialObjectMeta<ConfigMap>>::namespaced(
+            env.client.clone(),
+            &env.namespace,
+        ),
+        watcher::Config::default().labels("m=1"),
+    )
+    .boxed();
+    let mut names = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(watcher::Event::InitApply(p))) => names.push(p.metadata.name.unwrap()),
+            Some(Ok(watcher::Event::InitDone)) => break,
+            Some(Ok(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(names, ["m1"]);
+    api.create(&PostParams::default(), &cm("m2", json!({"m": "1"})))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(watcher::Event::Apply(p))) => {
+            assert_eq!(p.metadata.name.as_deref(), Some("m2"));
+            assert_eq!(p.types.unwrap().kind, "PartialObjectMetadata");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
