@@ -74,14 +74,38 @@ pub fn present(res: &ResourceInfo, version: &str, object: &Value) -> Value {
     o
 }
 
-fn ensure_object(body: &Value) -> Result<(), ApiError> {
-    if !body.is_object() {
-        return Err(ApiError::BadRequest(
-            "the body must be a JSON object".into(),
-        ));
+/// Refuses bodies whose shape the metadata rules cannot work on (the real server fails to
+/// decode them: 400), and gives a body without metadata an empty one.
+fn ensure_object(body: &mut Value) -> Result<(), ApiError> {
+    let bad = |what: &str| Err(ApiError::BadRequest(what.to_string()));
+    let Some(obj) = body.as_object_mut() else {
+        return bad("the body must be a JSON object");
+    };
+    let meta = obj
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if meta.is_null() {
+        *meta = Value::Object(Default::default());
     }
-    if !(body["metadata"].is_object() || body["metadata"].is_null()) {
-        return Err(ApiError::BadRequest("metadata must be an object".into()));
+    let Some(meta) = meta.as_object() else {
+        return bad("metadata must be an object");
+    };
+    for key in ["labels", "annotations"] {
+        match meta.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) if m.values().all(Value::is_string) => {}
+            Some(_) => return bad(&format!("metadata.{key} must be a map of strings")),
+        }
+    }
+    match meta.get("finalizers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
+        Some(_) => return bad("metadata.finalizers must be a list of strings"),
+    }
+    match meta.get("ownerReferences") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) if a.iter().all(Value::is_object) => {}
+        Some(_) => return bad("metadata.ownerReferences must be a list of objects"),
     }
     Ok(())
 }
@@ -155,11 +179,11 @@ pub fn create(
 fn create_with(
     store: &mut Store,
     t: &Target,
-    body: Value,
+    mut body: Value,
     o: &WriteOptions,
     managed: Option<Value>,
 ) -> Result<Value, ApiError> {
-    ensure_object(&body)?;
+    ensure_object(&mut body)?;
     check_type(t, &body)?;
     let mut body = crate::events::inbound(&t.res, body);
     check_namespace(store, t, &mut body)?;
@@ -283,10 +307,10 @@ pub fn list(store: &Store, t: &Target, labels: &LabelSelector, fields: &FieldSel
 pub fn update(
     store: &mut Store,
     t: &Target,
-    body: Value,
+    mut body: Value,
     o: &WriteOptions,
 ) -> Result<Value, ApiError> {
-    ensure_object(&body)?;
+    ensure_object(&mut body)?;
     check_type(t, &body)?;
     let body_name = body["metadata"]["name"].as_str().unwrap_or_default();
     if body_name != t.name {
@@ -344,10 +368,10 @@ fn apply(
     store: &mut Store,
     t: &Target,
     old: Option<Arc<Value>>,
-    config: Value,
+    mut config: Value,
     o: &WriteOptions,
 ) -> Result<Value, ApiError> {
-    ensure_object(&config)?;
+    ensure_object(&mut config)?;
     if config.get("apiVersion").is_none() || config.get("kind").is_none() {
         return Err(ApiError::BadRequest(
             "apiVersion and kind must be set in an applied configuration".into(),
@@ -406,7 +430,7 @@ fn commit_update(
     o: &WriteOptions,
     ownership: Ownership,
 ) -> Result<Value, ApiError> {
-    ensure_object(&new)?;
+    ensure_object(&mut new)?;
     let old_rv = old["metadata"]["resourceVersion"]
         .as_str()
         .unwrap_or_default();

@@ -81,9 +81,17 @@ fn not_found_path() -> ApiError {
 impl Emulator {
     /// Answers one request whose body has been read.
     pub fn handle(&self, req: Request<Bytes>) -> Response<ResponseBody> {
-        match self.route(&req) {
-            Ok(r) => r,
-            Err(e) => error(&e),
+        // A bug must not take the client down with it (an in-process kube::Client shares
+        // one worker for all requests): it is answered as a 500.
+        let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.route(&req)));
+        match routed {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => error(&e),
+            Err(_) => error(&ApiError::Internal(format!(
+                "the emulator failed on {} {}",
+                req.method(),
+                req.uri()
+            ))),
         }
     }
 

@@ -230,3 +230,21 @@ async fn namespaces_are_cluster_scoped_and_lists_span_namespaces() {
             .any(|s| s.metadata.namespace.as_deref() == Some(env.namespace.as_str()))
     );
 }
+
+#[tokio::test]
+async fn malformed_metadata_is_400() {
+    let env = common::env().await;
+    let path = format!("/api/v1/namespaces/{}/configmaps", env.namespace);
+    for body in [
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m", "labels": "oops"}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m", "finalizers": [1]}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": "m"}),
+    ] {
+        let req = http::Request::post(&path)
+            .header("Content-Type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap())
+            .unwrap();
+        let r = env.client.request::<ConfigMap>(req).await;
+        assert_eq!(common::reason(r).0, 400, "{body}");
+    }
+}
