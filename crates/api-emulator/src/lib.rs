@@ -20,8 +20,9 @@
 //! - metadata: uid, creationTimestamp, generateName, one global resourceVersion, generation
 //!   bumped on spec changes only, managedFields; 404/409/422 Status bodies; stale
 //!   resourceVersion → 409; updates that change nothing are no-ops;
-//! - list with full label selectors and field selectors; watch from a resourceVersion with
-//!   bookmarks, `timeoutSeconds`, `sendInitialEvents`, 410 Gone beyond the kept history;
+//! - list with full label selectors and field selectors, `limit` and `continue`; watch
+//!   from a resourceVersion with bookmarks, `timeoutSeconds`, `sendInitialEvents`, 410 Gone
+//!   beyond the kept history;
 //! - custom resources pruned, defaulted and validated against their CRD's schema (types,
 //!   required, enum, bounds, lengths, patterns; no CEL rules);
 //! - JSON merge, JSON and strategic merge patch, server-side apply with conflicts and
@@ -30,8 +31,8 @@
 //!   to a node (they stay terminating until a delete with `gracePeriodSeconds=0`, which is
 //!   what a kubelet sends — the e2e pod runner plays that part).
 //!
-//! Known differences: `limit`/`continue` are ignored (one page holds everything, which every
-//! client treats as the last page); no authentication or RBAC on the API itself (TokenReview
+//! Known differences: pages of a list after the first show the objects as they are now, not
+//! the first page's snapshot (see [`paging`]); no authentication or RBAC on the API itself (TokenReview
 //! and SubjectAccessReview answer what the test set); OpenAPI v3 lists operations but no
 //! schemas (enough for kubectl's server-side validation check; `/openapi/v2` is 404); only the storage version of a CRD is
 //! kept (other served versions see the same object with another apiVersion, no conversion);
@@ -67,6 +68,7 @@ pub mod kubeconfig;
 pub mod meta;
 pub mod openapi;
 pub mod ops;
+pub mod paging;
 pub mod patch;
 pub mod resources;
 pub mod reviews;

@@ -12,6 +12,7 @@ use crate::error::ApiError;
 use crate::fields::{self, Scope};
 use crate::gc;
 use crate::meta;
+use crate::paging::{self, Continue, Page};
 use crate::patch::{self, PatchType};
 use crate::resources::{ResourceInfo, ResourceKey};
 use crate::selector::{FieldSelector, LabelSelector};
@@ -285,22 +286,62 @@ pub fn get(store: &Store, t: &Target) -> Result<Value, ApiError> {
         .ok_or_else(|| ApiError::not_found(&t.res.group, &t.res.plural, &t.name))
 }
 
-/// Lists a collection with selectors. `limit`/`continue` are not implemented: the whole
-/// matching list is returned in one page without a continue token, which every client
-/// handles as the last page.
-pub fn list(store: &Store, t: &Target, labels: &LabelSelector, fields: &FieldSelector) -> Value {
+/// Lists a collection with selectors, in pages when `limit` is given (see [`crate::paging`]).
+pub fn list(
+    store: &Store,
+    t: &Target,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+    page: &Page,
+) -> Result<Value, ApiError> {
     let ns = (!t.namespace.is_empty()).then_some(t.namespace.as_str());
-    let items: Vec<Value> = store
+    let cont = page
+        .continue_token
+        .as_deref()
+        .map(Continue::decode)
+        .transpose()?;
+    if let Some(c) = &cont
+        && c.rv < store.oldest_rv()
+    {
+        return Err(paging::expired());
+    }
+    let mut matching = store
         .list(&t.key(), ns)
-        .filter(|o| labels.matches(o) && fields.matches(o))
+        .filter(|o| {
+            cont.as_ref()
+                .is_none_or(|c| crate::store::ns_name(o) > c.after)
+        })
+        .filter(|o| labels.matches(o) && fields.matches(o));
+    let limit = page.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let page_items: Vec<&Arc<Value>> = matching.by_ref().take(limit).collect();
+    let remaining = matching.count();
+    let rv = cont.as_ref().map_or(store.current_rv(), |c| c.rv);
+    let mut metadata = json!({ "resourceVersion": rv.to_string() });
+    if remaining > 0
+        && let Some(last) = page_items.last()
+    {
+        metadata["continue"] = json!(
+            Continue {
+                rv,
+                after: crate::store::ns_name(last)
+            }
+            .encode()
+        );
+        // The real server counts what is left only for lists without selectors.
+        if labels.0.is_empty() && fields.0.is_empty() {
+            metadata["remainingItemCount"] = json!(remaining);
+        }
+    }
+    let items: Vec<Value> = page_items
+        .into_iter()
         .map(|o| present(&t.res, &t.version, o))
         .collect();
-    json!({
+    Ok(json!({
         "kind": format!("{}List", t.res.kind),
         "apiVersion": t.api_version(),
-        "metadata": { "resourceVersion": store.current_rv().to_string() },
+        "metadata": metadata,
         "items": items,
-    })
+    }))
 }
 
 /// Replaces an object (PUT), with the body's resourceVersion as a precondition when set.

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::gc::{DeleteOptions, Propagation};
 use crate::ops::{self, Target, WriteOptions};
+use crate::paging::Page;
 use crate::patch::PatchType;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::table::Form;
@@ -224,7 +225,11 @@ impl Emulator {
                     };
                     return self.watch(&t, params, form);
                 }
-                let list = ops::list(&self.inner.store.lock(), &t, &labels, &fields);
+                let page = Page {
+                    limit: query.get("limit").and_then(|l| l.parse().ok()),
+                    continue_token: query.get("continue").cloned(),
+                };
+                let list = ops::list(&self.inner.store.lock(), &t, &labels, &fields, &page)?;
                 ok(form.list(&res, list))
             }
             (Method::GET, false) => {
@@ -281,7 +286,7 @@ impl Emulator {
                 let fields =
                     FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s), &res)?;
                 let mut store = self.inner.store.lock();
-                let list = ops::list(&store, &t, &labels, &fields);
+                let list = ops::list(&store, &t, &labels, &fields, &Page::default())?;
                 let mut deleted = Vec::new();
                 for item in list["items"].as_array().into_iter().flatten() {
                     let item_t = Target {

@@ -111,6 +111,11 @@ impl Store {
         self.rv
     }
 
+    /// The oldest resourceVersion a watch or a continued list can start from.
+    pub fn oldest_rv(&self) -> u64 {
+        self.oldest_rv
+    }
+
     /// One object.
     pub fn get(&self, resource: &ResourceKey, namespace: &str, name: &str) -> Option<&Arc<Value>> {
         self.objects

@@ -87,3 +87,45 @@ async fn malformed_selector_is_400() {
     let r = api.list(&ListParams::default().labels("app in web")).await;
     assert_eq!(common::reason(r).0, 400);
 }
+
+#[tokio::test]
+async fn limit_and_continue_page_through_everything_once() {
+    let env = common::env().await;
+    let api: Api<ConfigMap> = env.api();
+    for i in 0..5 {
+        let cm: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": format!("p{i}"), "labels": {"page": "yes"}}}),
+        )
+        .unwrap();
+        api.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let mut names = Vec::new();
+    let mut pages = 0;
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().labels("page=yes").limit(2);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = api.list(&lp).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 2);
+        names.extend(page.items.into_iter().filter_map(|c| c.metadata.name));
+        match page.metadata.continue_ {
+            Some(t) if !t.is_empty() => token = Some(t),
+            _ => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"]);
+}
+
+#[tokio::test]
+async fn a_malformed_continue_token_is_400() {
+    let env = common::env().await;
+    let api = fixture(&env).await;
+    let r = api
+        .list(&ListParams::default().limit(1).continue_token("garbage"))
+        .await;
+    assert_eq!(common::reason(r).0, 400);
+}
