@@ -278,6 +278,19 @@ fn drop_owner_ref(store: &mut Store, dep: &Location, owner_uid: &str) {
     store.put(&dep.0, obj);
 }
 
+/// The garbage collector's check of a written object: one whose ownerReferences all name
+/// objects that do not exist is deleted (background), as the real collector does shortly
+/// after such a write.
+pub fn collect_if_orphaned(store: &mut Store, loc: &Location) {
+    let Some(obj) = store.get(&loc.0, &loc.1, &loc.2) else {
+        return;
+    };
+    let owners = crate::store::owner_uids(obj);
+    if !owners.is_empty() && owners.iter().all(|u| store.locate(u).is_none()) {
+        delete_object(store, loc, Propagation::Background);
+    }
+}
+
 /// Removes an object now (one DELETED event), then collects what depended on it: dependents
 /// with no owner left are deleted (background), others lose the dangling reference; an owner
 /// waiting in foreground deletion for this object is finished; a terminating namespace left

@@ -112,6 +112,45 @@ pub fn validate_labels(res: &ResourceInfo, name: &str, object: &Value) -> Result
     }
 }
 
+/// Validates ownerReferences: apiVersion, kind, name and uid are required, and at most one
+/// may be the controller.
+pub fn validate_owner_references(
+    res: &ResourceInfo,
+    name: &str,
+    object: &Value,
+) -> Result<(), ApiError> {
+    let Some(refs) = object["metadata"]["ownerReferences"].as_array() else {
+        return Ok(());
+    };
+    let mut causes = Vec::new();
+    for r in refs {
+        for field in ["apiVersion", "kind", "name", "uid"] {
+            if r[field].as_str().is_none_or(str::is_empty) {
+                causes.push((
+                    format!("metadata.ownerReferences.{field}"),
+                    format!("Invalid value: \"\": {field} must not be empty"),
+                ));
+            }
+        }
+    }
+    if refs
+        .iter()
+        .filter(|r| r["controller"].as_bool() == Some(true))
+        .count()
+        > 1
+    {
+        causes.push((
+            "metadata.ownerReferences".into(),
+            "Invalid value: []: Only one reference can have Controller set to true".into(),
+        ));
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(&res.group, &res.kind, name, &causes))
+    }
+}
+
 fn is_label_value(s: &str) -> bool {
     let b = s.as_bytes();
     b.iter()

@@ -199,6 +199,7 @@ fn create_with(
     }
     meta::validate_name(&t.res, &name)?;
     meta::validate_labels(&t.res, &name, &body)?;
+    meta::validate_owner_references(&t.res, &name, &body)?;
     let key = t.key();
     if store.get(&key, &t.namespace, &name).is_some() {
         return Err(ApiError::already_exists(&t.res.group, &t.res.plural, &name));
@@ -258,6 +259,7 @@ fn create_with(
         return Ok(present(&t.res, &t.version, &body));
     }
     let stored = store.put(&key, body);
+    gc::collect_if_orphaned(store, &(key, t.namespace.clone(), name));
     Ok(present(&t.res, &t.version, &stored))
 }
 
@@ -535,6 +537,7 @@ fn commit_update(
         m.remove("managedFields");
     }
     meta::validate_labels(&t.res, &t.name, &new)?;
+    meta::validate_owner_references(&t.res, &t.name, &new)?;
     admit_custom(t, &t.name, &mut new)?;
     check_finalizers(t, old, &new)?;
     if t.res.has_generation && meta::spec_part(&new) != meta::spec_part(old) {
@@ -575,6 +578,7 @@ fn commit_update(
         return Ok(present(&t.res, &t.version, &gone.unwrap_or_default()));
     }
     let stored = store.put(&key, new);
+    gc::collect_if_orphaned(store, &(key, t.namespace.clone(), t.name.clone()));
     Ok(present(&t.res, &t.version, &stored))
 }
 

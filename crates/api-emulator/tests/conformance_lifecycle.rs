@@ -358,3 +358,35 @@ async fn a_pod_on_a_node_terminates_gracefully_until_its_kubelet_confirms() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_dependent_of_an_owner_that_does_not_exist_is_collected() {
+    let env = common::env().await;
+    let deps: Api<Secret> = env.api();
+    let dep: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "stray", "ownerReferences": [{
+            "apiVersion": "v1", "kind": "ConfigMap", "name": "never-was",
+            "uid": "00000000-0000-0000-0000-000000000001",
+        }]}}))
+        .unwrap();
+    deps.create(&PostParams::default(), &dep).await.unwrap();
+    common::eventually("stray dependent collected", || {
+        common::is_gone(&deps, "stray")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_owner_reference_without_uid_is_422() {
+    let env = common::env().await;
+    let deps: Api<Secret> = env.api();
+    let dep: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "bad", "ownerReferences": [{
+            "apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "",
+        }]}}))
+        .unwrap();
+    assert_eq!(
+        common::reason(deps.create(&PostParams::default(), &dep).await).0,
+        422
+    );
+}
