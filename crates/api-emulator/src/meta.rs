@@ -112,6 +112,69 @@ pub fn validate_labels(res: &ResourceInfo, name: &str, object: &Value) -> Result
     }
 }
 
+/// Service defaults: type ClusterIP with an allocated address (from 10.96.0.0/12, derived from
+/// the uid), single-stack IPv4, ports TCP with targetPort = port.
+fn default_service(object: &mut Value, creating: bool) {
+    let uid = object["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let type_ = spec
+        .entry("type")
+        .or_insert(json!("ClusterIP"))
+        .as_str()
+        .unwrap_or("ClusterIP")
+        .to_string();
+    spec.entry("sessionAffinity").or_insert(json!("None"));
+    if type_ != "ExternalName" {
+        spec.entry("internalTrafficPolicy")
+            .or_insert(json!("Cluster"));
+        if creating
+            && spec
+                .get("clusterIP")
+                .is_none_or(|ip| ip.as_str() == Some(""))
+        {
+            let b = uuid::Uuid::parse_str(&uid)
+                .map(|u| *u.as_bytes())
+                .unwrap_or_default();
+            let ip = format!("10.{}.{}.{}", 96 + (b[0] & 0x0f), b[1], 1 + b[2] % 254);
+            spec.insert("clusterIP".into(), json!(ip));
+        }
+        if let Some(ip) = spec.get("clusterIP").cloned() {
+            spec.entry("clusterIPs").or_insert(json!([ip]));
+        }
+        spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
+        spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
+    }
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            p.entry("protocol").or_insert(json!("TCP"));
+            if let Some(port) = p.get("port").cloned() {
+                p.entry("targetPort").or_insert(port);
+            }
+        }
+    }
+}
+
+/// Values the server allocated that an update may leave out and may not change (a
+/// Service's cluster addresses), carried over from the stored object.
+pub fn carry_allocated(res: &ResourceInfo, old: &Value, new: &mut Value) {
+    if !(res.builtin && res.group.is_empty() && res.plural == "services") {
+        return;
+    }
+    for field in ["clusterIP", "clusterIPs"] {
+        if new["spec"].get(field).is_none()
+            && let Some(v) = old["spec"].get(field)
+            && let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut)
+        {
+            spec.insert(field.into(), v.clone());
+        }
+    }
+}
+
 /// Validates ownerReferences: apiVersion, kind, name and uid are required, and at most one
 /// may be the controller.
 pub fn validate_owner_references(
@@ -200,6 +263,7 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
                 object["status"] = json!({"phase": "Active"});
             }
         }
+        ("", "services") => default_service(object, creating),
         ("", "pods") if creating => {
             object["status"] = json!({"phase": "Pending"});
         }

@@ -524,6 +524,7 @@ fn commit_update(
         if let Some(g) = old["metadata"].get("generation") {
             m.insert("generation".into(), g.clone());
         }
+        meta::carry_allocated(&t.res, old, &mut new);
         meta::apply_defaults(&t.res, &mut new, false);
     }
     new["apiVersion"] = old["apiVersion"].clone();

@@ -92,3 +92,37 @@ async fn delete_collection_by_label() {
     .await;
     assert!(api.get("c").await.is_ok());
 }
+
+#[tokio::test]
+async fn service_defaults_and_a_kept_cluster_ip() {
+    use k8s_openapi::api::core::v1::Service;
+    let env = common::env().await;
+    let api: Api<Service> = env.api();
+    let svc: Service = serde_json::from_value(
+        json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}}),
+    )
+    .unwrap();
+    let created = api.create(&PostParams::default(), &svc).await.unwrap();
+    let spec = created.spec.clone().unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    let ip = spec.cluster_ip.clone().unwrap();
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{ip}");
+    let port = &spec.ports.as_ref().unwrap()[0];
+    assert_eq!(port.protocol.as_deref(), Some("TCP"));
+    assert_eq!(
+        port.target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80))
+    );
+    // A replace that leaves the address out keeps it.
+    let mut again = created.clone();
+    let s = again.spec.as_mut().unwrap();
+    s.cluster_ip = None;
+    s.cluster_ips = None;
+    s.ports.as_mut().unwrap()[0].port = 8080;
+    s.ports.as_mut().unwrap()[0].target_port = None;
+    let replaced = api
+        .replace("web", &PostParams::default(), &again)
+        .await
+        .unwrap();
+    assert_eq!(replaced.spec.unwrap().cluster_ip, Some(ip));
+}
