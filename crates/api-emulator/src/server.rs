@@ -69,8 +69,14 @@ impl Server {
         kubeconfig::render(self.addr)
     }
 
-    /// Writes the kubeconfig to `path`.
+    /// Writes the kubeconfig to `path`, creating its directory if needed.
     pub fn write_kubeconfig(&self, path: &Path) -> Result<(), EmulatorError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| EmulatorError::Io {
+                context: format!("creating {}", dir.display()),
+                source,
+            })?;
+        }
         std::fs::write(path, self.kubeconfig()).map_err(|source| EmulatorError::Io {
             context: format!("writing {}", path.display()),
             source,
