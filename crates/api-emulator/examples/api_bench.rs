@@ -1,0 +1,227 @@
+//! Load benchmark: 10 000 objects and 50 concurrent watchers, through a `kube::Client` over
+//! HTTP (as the manager and kubectl connect). Prints request latency (p50/p99 for get, list,
+//! create, update), whether every watcher saw every change, and the process's memory (VmRSS).
+//!
+//! `cargo run --release -p api-emulator --example api_bench [-- OBJECTS WATCHERS]`
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use api_emulator::Emulator;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::json;
+
+const NAMESPACES: usize = 10;
+const CONCURRENCY: usize = 16;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "{name:<8} n={:<6} p50={:>8.3} ms  p99={:>8.3} ms",
+        samples.len(),
+        percentile(&samples, 0.50).as_secs_f64() * 1e3,
+        percentile(&samples, 0.99).as_secs_f64() * 1e3,
+    );
+}
+
+fn vm_rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.trim_start_matches("VmRSS:").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs `op(i)` for `0..n` with `CONCURRENCY` in flight, timing each.
+async fn timed<F, Fut>(n: usize, op: F) -> Vec<Duration>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let fut = op(i);
+            async move {
+                let start = Instant::now();
+                fut.await;
+                start.elapsed()
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let objects: usize = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(10_000);
+    let watchers: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(50);
+
+    let emu = Emulator::new();
+    let server = emu.serve(0).await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&path)?;
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(&path)?,
+        &KubeConfigOptions::default(),
+    )
+    .await?;
+    let client = kube::Client::try_from(config)?;
+    println!(
+        "api-emulator at {}; {objects} objects, {watchers} watchers",
+        server.url()
+    );
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for n in 0..NAMESPACES {
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": format!("bench-{n}")}}))?,
+            )
+            .await?;
+    }
+    let api = |i: usize| -> Api<ConfigMap> {
+        Api::namespaced(client.clone(), &format!("bench-{}", i % NAMESPACES))
+    };
+
+    // 50 watchers on all ConfigMaps from now on, each counting what it sees.
+    let start_rv = Api::<ConfigMap>::all(client.clone())
+        .list(&ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let seen: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..watchers).map(|_| AtomicUsize::new(0)).collect());
+    let mut tasks = Vec::new();
+    for w in 0..watchers {
+        let all: Api<ConfigMap> = Api::all(client.clone());
+        let seen = seen.clone();
+        let rv = start_rv.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = all
+                .watch(&WatchParams::default().timeout(290), &rv)
+                .await
+                .expect("watch")
+                .boxed();
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_)) => {
+                        seen[w].fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("watcher {w}: {e}"),
+                }
+            }
+        }));
+    }
+
+    let started = Instant::now();
+    let create = timed(objects, |i| {
+        let api = api(i);
+        async move {
+            let cm: ConfigMap = serde_json::from_value(json!({
+                "metadata": {"name": format!("cm-{i}"), "labels": {"bench": "yes", "shard": (i % 7).to_string()}},
+                "data": {"value": "x".repeat(256)},
+            }))
+            .unwrap();
+            api.create(&PostParams::default(), &cm).await.expect("create");
+        }
+    })
+    .await;
+    let create_secs = started.elapsed().as_secs_f64();
+    let samples = 2_000.min(objects);
+    let step = (objects / samples).max(1);
+    let get = timed(samples, |i| {
+        let api = api(i * step);
+        async move {
+            api.get(&format!("cm-{}", i * step)).await.expect("get");
+        }
+    })
+    .await;
+    let update = timed(samples, |i| {
+        let api = api(i * step);
+        async move {
+            api.patch(
+                &format!("cm-{}", i * step),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"value": format!("updated-{i}")}})),
+            )
+            .await
+            .expect("update");
+        }
+    })
+    .await;
+    let list = timed(100, |i| {
+        let api = api(i);
+        async move {
+            let l = api
+                .list(&ListParams::default().labels(&format!("shard={}", i % 7)))
+                .await
+                .expect("list");
+            assert!(!l.items.is_empty());
+        }
+    })
+    .await;
+    let list_all_start = Instant::now();
+    let everything = Api::<ConfigMap>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let list_all = list_all_start.elapsed();
+
+    report("create", create);
+    report("get", get);
+    report("update", update);
+    report("list", list);
+    println!(
+        "list of all {} objects: {:.1} ms; creates: {:.0}/s",
+        everything.items.len(),
+        list_all.as_secs_f64() * 1e3,
+        objects as f64 / create_secs
+    );
+
+    // Every watcher must see every change.
+    let expected = objects + samples;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.iter().any(|s| s.load(Ordering::Relaxed) < expected) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let counts: Vec<usize> = seen.iter().map(|s| s.load(Ordering::Relaxed)).collect();
+    let complete = counts.iter().filter(|&&c| c == expected).count();
+    println!(
+        "watchers: {complete}/{watchers} saw all {expected} events (min {}, max {}), {:.1} s after the start",
+        counts.iter().min().unwrap_or(&0),
+        counts.iter().max().unwrap_or(&0),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "stored objects: {}; VmRSS: {}",
+        emu.object_count(),
+        vm_rss()
+    );
+    for t in tasks {
+        t.abort();
+    }
+    if complete != watchers {
+        anyhow::bail!("some watchers missed events");
+    }
+    Ok(())
+}

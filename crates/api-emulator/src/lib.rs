@@ -1,0 +1,274 @@
+//! An in-process emulator of the Kubernetes API, for tests and the local demo.
+//!
+//! No kube-apiserver can be installed where this project is built, yet the operator must be
+//! tested against Kubernetes API semantics through a real `kube::Client` with real watches.
+//! The emulator keeps objects in memory and serves the API two ways:
+//!
+//! - as a `tower::Service`: [`Emulator::client`] gives a `kube::Client` with no socket;
+//! - as an HTTP server on 127.0.0.1: [`Emulator::serve`] (or the `api-emulator serve`
+//!   binary) listens and [`server::Server::write_kubeconfig`] writes a kubeconfig, so the
+//!   manager binary and `kubectl` connect to it as to a cluster.
+//!
+//! What it does, as the real apiserver does:
+//!
+//! - routing of core (`/api/v1`) and named groups, namespaced and cluster-scoped resources,
+//!   `/status` subresources; the built-ins the operator uses (Namespace, Secret, ConfigMap,
+//!   Pod, Service, ServiceAccount, Event in both groups, Node, Deployment, DaemonSet, Lease,
+//!   TokenReview, SubjectAccessReview, CustomResourceDefinition) and custom resources from
+//!   CRD objects or YAML files;
+//! - discovery (legacy forms), `/version`, server-side Tables for `kubectl get`;
+//! - metadata: uid, creationTimestamp, generateName, one global resourceVersion, generation
+//!   bumped on spec changes only, managedFields; 404/409/422 Status bodies; stale
+//!   resourceVersion → 409; updates that change nothing are no-ops;
+//! - list with full label selectors and field selectors, `limit` and `continue`; watch
+//!   from a resourceVersion with bookmarks, `timeoutSeconds`, `sendInitialEvents`, 410 Gone
+//!   beyond the kept history;
+//! - custom resources pruned, defaulted and validated against their CRD's schema (types,
+//!   required, enum, bounds, lengths, patterns; no CEL rules);
+//! - JSON merge, JSON and strategic merge patch, server-side apply with conflicts and
+//!   `force`; status subresource semantics; finalizers; propagationPolicy and garbage
+//!   collection by ownerReference; namespace termination; graceful deletion of pods bound
+//!   to a node (they stay terminating until a delete with `gracePeriodSeconds=0`, which is
+//!   what a kubelet sends — the e2e pod runner plays that part).
+//!
+//! Known differences: pages of a list after the first show the objects as they are now, not
+//! the first page's snapshot (see [`paging`]); no authentication or RBAC on the API itself (TokenReview
+//! and SubjectAccessReview answer what the test set); OpenAPI v3 lists operations but no
+//! schemas (enough for kubectl's server-side validation check; `/openapi/v2` is 404); only the storage version of a CRD is
+//! kept (other served versions see the same object with another apiVersion, no conversion);
+//! protobuf is never served; garbage collection and namespace termination finish inside the
+//! deleting request rather than shortly after it.
+//!
+//! # Fidelity: the same tests on a real cluster
+//!
+//! The conformance tests (`tests/conformance_*.rs`, `tests/kubectl.rs`) get their client
+//! from [`testing::TestEnv::new`]. When the environment variable `HSM_TEST_KUBECONFIG`
+//! names a kubeconfig, they run against that cluster instead of the emulator — the same test
+//! bodies, each in a fresh `emu-test-*` namespace that is deleted when the test ends (also
+//! when it fails), with the CRDs from `deploy/crds` server-side applied first (they stay).
+//! A behaviour that differs is a failing test:
+//!
+//! ```sh
+//! HSM_TEST_KUBECONFIG=$HOME/.kube/config cargo nextest run -p api-emulator
+//! ```
+//!
+//! Without the variable they run on an in-process emulator. Tests that need the emulator's
+//! own controls (history compaction, review decisions, bookmark interval) return early on a
+//! real cluster. Pointing the variable at `api-emulator serve`'s kubeconfig runs the whole
+//! suite over HTTP, as `tests/fidelity_switch.rs` does for the switch itself.
+
+pub mod apply;
+pub mod crd;
+pub mod discovery;
+pub mod error;
+pub mod events;
+pub mod fields;
+pub mod gc;
+pub mod kubeconfig;
+pub mod meta;
+pub mod openapi;
+pub mod ops;
+pub mod paging;
+pub mod patch;
+pub mod resources;
+pub mod reviews;
+pub mod routes;
+pub mod schema;
+pub mod selector;
+pub mod server;
+pub mod store;
+pub mod structural;
+pub mod table;
+pub mod testing;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+pub use error::{ApiError, EmulatorError};
+pub use reviews::UserInfo;
+
+use resources::Registry;
+use store::Store;
+
+/// The emulated API server. Cheap to clone; clones share the same objects.
+#[derive(Clone)]
+pub struct Emulator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Mutex<Store>,
+    reviews: Mutex<reviews::Reviews>,
+    bookmark_interval: Duration,
+}
+
+/// Settings of an [`Emulator`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    history_limit: usize,
+    bookmark_interval: Duration,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            history_limit: 100_000,
+            bookmark_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Builder {
+    /// How many change events are kept for watches that resume from a resourceVersion;
+    /// older versions get 410 Gone.
+    pub fn history_limit(mut self, events: usize) -> Self {
+        self.history_limit = events;
+        self
+    }
+
+    /// How often a watch with `allowWatchBookmarks` gets a BOOKMARK (the real server sends
+    /// one about a minute apart; tests want them sooner).
+    pub fn bookmark_interval(mut self, interval: Duration) -> Self {
+        self.bookmark_interval = interval;
+        self
+    }
+
+    /// The emulator, with the namespaces a new cluster has (`default`, `kube-system`,
+    /// `kube-public`, `kube-node-lease`).
+    pub fn build(self) -> Emulator {
+        let emu = Emulator {
+            inner: Arc::new(Inner {
+                store: Mutex::new(Store::new(Registry::with_builtins(), self.history_limit)),
+                reviews: Mutex::new(reviews::Reviews::default()),
+                bookmark_interval: self.bookmark_interval,
+            }),
+        };
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            emu.create_object(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            )
+            .expect("a fresh store accepts the standard namespaces");
+        }
+        emu
+    }
+}
+
+impl Default for Emulator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Emulator {
+    /// An emulator with default settings.
+    pub fn new() -> Self {
+        Builder::default().build()
+    }
+
+    /// Settings.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// A `kube::Client` that calls this emulator in-process (no socket), default namespace
+    /// `default`.
+    pub fn client(&self) -> kube::Client {
+        kube::Client::new(self.clone(), "default")
+    }
+
+    /// Serves over HTTP on `127.0.0.1:port` (0 picks a free port) until the returned server
+    /// is dropped.
+    pub async fn serve(&self, port: u16) -> Result<server::Server, EmulatorError> {
+        server::Server::start(self.clone(), SocketAddr::from(([127, 0, 0, 1], port))).await
+    }
+
+    /// Registers every CRD found in the YAML files of `dir`, as `kubectl apply -f dir` would.
+    /// Returns how many were registered.
+    pub fn load_crds(&self, dir: &Path) -> Result<usize, EmulatorError> {
+        let crds = crd::read_crd_dir(dir)?;
+        let n = crds.len();
+        for c in crds {
+            let name = c["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            self.create_object(c).map_err(|source| EmulatorError::Api {
+                context: format!("CRD {name}"),
+                source,
+            })?;
+        }
+        Ok(n)
+    }
+
+    /// Creates any object (its apiVersion and kind select the resource), as a test fixture.
+    pub fn create_object(&self, object: Value) -> Result<Value, ApiError> {
+        let api_version = object["apiVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let kind = object["kind"].as_str().unwrap_or_default().to_string();
+        let (group, version) = resources::split_api_version(&api_version);
+        let mut store = self.inner.store.lock();
+        let res = store
+            .registry
+            .by_kind(group, &kind)
+            .ok_or_else(|| ApiError::BadRequest(format!("no resource for {api_version} {kind}")))?;
+        let t = ops::Target {
+            res: res.clone(),
+            version: version.to_string(),
+            namespace: if res.namespaced {
+                object["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .to_string()
+            } else {
+                String::new()
+            },
+            name: String::new(),
+            status: false,
+        };
+        let opts = ops::WriteOptions {
+            field_manager: "api-emulator".into(),
+            explicit_manager: true,
+            ..Default::default()
+        };
+        ops::create(&mut store, &t, object, &opts)
+    }
+
+    /// Lets a bearer token authenticate as `user` in TokenReviews.
+    pub fn add_token(&self, token: &str, user: UserInfo) {
+        self.inner
+            .reviews
+            .lock()
+            .tokens
+            .insert(token.to_string(), user);
+    }
+
+    /// Sets how SubjectAccessReviews are answered: `decide` gets the review's `spec` and says
+    /// whether it is allowed. The default denies everything.
+    pub fn set_access_decision(&self, decide: impl Fn(&Value) -> bool + Send + Sync + 'static) {
+        self.inner.reviews.lock().decision = Arc::new(decide);
+    }
+
+    /// Forgets the watch history, as an etcd compaction: watches from older resourceVersions
+    /// then get 410 Gone.
+    pub fn compact_history(&self) {
+        self.inner.store.lock().compact();
+    }
+
+    /// The current (latest) resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.inner.store.lock().current_rv()
+    }
+
+    /// Number of stored objects of every resource.
+    pub fn object_count(&self) -> usize {
+        self.inner.store.lock().all_objects().count()
+    }
+}

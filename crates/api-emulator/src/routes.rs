@@ -1,0 +1,403 @@
+//! HTTP routing: URL and method to a verb on a resource, query parameters to options, and
+//! the `tower::Service` that `kube::Client` and the HTTP server both call.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::Frame;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::gc::{DeleteOptions, Propagation};
+use crate::ops::{self, Target, WriteOptions};
+use crate::paging::Page;
+use crate::patch::PatchType;
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::table::Form;
+use crate::watch::{self, WatchParams};
+use crate::{Emulator, discovery, openapi};
+
+/// The body of every response: a whole JSON document or a stream of watch events.
+pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+
+type Query = HashMap<String, String>;
+
+impl<B> tower::Service<Request<B>> for Emulator
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::fmt::Display,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let emu = self.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let bytes = match body.collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e) => return Ok(error(&ApiError::BadRequest(format!("reading body: {e}")))),
+            };
+            Ok(emu.handle(Request::from_parts(parts, bytes)))
+        })
+    }
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response<ResponseBody> {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)).boxed_unsync())
+        .expect("valid response")
+}
+
+fn error(e: &ApiError) -> Response<ResponseBody> {
+    json_response(
+        StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &e.to_status(),
+    )
+}
+
+fn not_found_path() -> ApiError {
+    ApiError::NotFound {
+        message: "the server could not find the requested resource".into(),
+        details: json!({}),
+    }
+}
+
+impl Emulator {
+    /// Answers one request whose body has been read.
+    pub fn handle(&self, req: Request<Bytes>) -> Response<ResponseBody> {
+        // A bug must not take the client down with it (an in-process kube::Client shares
+        // one worker for all requests): it is answered as a 500.
+        let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.route(&req)));
+        match routed {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => error(&e),
+            Err(_) => error(&ApiError::Internal(format!(
+                "the emulator failed on {} {}",
+                req.method(),
+                req.uri()
+            ))),
+        }
+    }
+
+    fn route(&self, req: &Request<Bytes>) -> Result<Response<ResponseBody>, ApiError> {
+        let path = req.uri().path().to_string();
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let query: Query = req
+            .uri()
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1")
+            .to_string();
+        let store = || self.inner.store.lock();
+        match segs.as_slice() {
+            [] => ok(json!({"paths": ["/api", "/api/v1", "/apis", "/version", "/healthz"]})),
+            ["version"] => ok(discovery::version()),
+            ["healthz" | "livez" | "readyz"] => Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Full::new(Bytes::from_static(b"ok")).boxed_unsync())
+                .expect("valid response")),
+            ["api"] => ok(discovery::api_versions(&host)),
+            ["apis"] => ok(discovery::api_group_list(&store().registry)),
+            ["api", "v1"] => {
+                ok(discovery::resource_list(&store().registry, "", "v1")
+                    .ok_or_else(not_found_path)?)
+            }
+            ["apis", g] => {
+                ok(discovery::api_group(&store().registry, g).ok_or_else(not_found_path)?)
+            }
+            ["apis", g, v] => {
+                ok(discovery::resource_list(&store().registry, g, v).ok_or_else(not_found_path)?)
+            }
+            ["openapi", "v3"] => ok(openapi::index(&store().registry)),
+            ["openapi", "v3", "api", v] => {
+                ok(openapi::document(&store().registry, "", v).ok_or_else(not_found_path)?)
+            }
+            ["openapi", "v3", "apis", g, v] => {
+                ok(openapi::document(&store().registry, g, v).ok_or_else(not_found_path)?)
+            }
+            ["api", "v1", rest @ ..] => self.resource_request(req, "", "v1", rest, &query),
+            ["apis", g, v, rest @ ..] => self.resource_request(req, g, v, rest, &query),
+            _ => Err(not_found_path()),
+        }
+    }
+
+    fn resource_request(
+        &self,
+        req: &Request<Bytes>,
+        group: &str,
+        version: &str,
+        rest: &[&str],
+        query: &Query,
+    ) -> Result<Response<ResponseBody>, ApiError> {
+        let (namespace, resource, tail) = match rest {
+            ["namespaces", ns, res, tail @ ..] if !matches!(*res, "status" | "finalize") => {
+                (*ns, *res, tail)
+            }
+            [res, tail @ ..] => ("", *res, tail),
+            [] => return Err(not_found_path()),
+        };
+        let res = self
+            .inner
+            .store
+            .lock()
+            .registry
+            .lookup(group, version, resource)
+            .ok_or_else(not_found_path)?;
+        if (res.namespaced && namespace.is_empty() && !tail.is_empty())
+            || (!res.namespaced && !namespace.is_empty())
+        {
+            return Err(not_found_path());
+        }
+        let (name, status) = match tail {
+            [] => ("", false),
+            [name] => (*name, false),
+            [name, "status"] if res.status_subresource => (*name, true),
+            _ => return Err(not_found_path()),
+        };
+        let t = Target {
+            res: res.clone(),
+            version: version.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            status,
+        };
+        let accept = header_str(req, header::ACCEPT);
+        let form = Form::from_accept(&accept);
+        let method = req.method().clone();
+        if res.create_only && method != Method::POST {
+            return Err(ApiError::MethodNotAllowed(format!(
+                "the server does not allow this method on the requested resource ({})",
+                res.plural
+            )));
+        }
+        let flag = |k: &str| matches!(query.get(k).map(String::as_str), Some("true" | "1"));
+        let write_opts = WriteOptions {
+            field_manager: query
+                .get("fieldManager")
+                .cloned()
+                .unwrap_or_else(|| default_manager(req)),
+            explicit_manager: query.contains_key("fieldManager"),
+            dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
+            force: flag("force"),
+        };
+        let created = |v: Value| Ok(json_response(StatusCode::CREATED, &v));
+        let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+        match (method, name.is_empty()) {
+            (Method::GET, true) => {
+                let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))?;
+                let fields =
+                    FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s), &res)?;
+                if flag("watch") {
+                    let params = WatchParams {
+                        resource_version: query.get("resourceVersion").cloned(),
+                        bookmarks: flag("allowWatchBookmarks"),
+                        timeout: query
+                            .get("timeoutSeconds")
+                            .and_then(|s| s.parse().ok())
+                            .map(Duration::from_secs),
+                        send_initial_events: flag("sendInitialEvents"),
+                        labels,
+                        fields,
+                    };
+                    return self.watch(&t, params, form);
+                }
+                let page = Page {
+                    limit: query.get("limit").and_then(|l| l.parse().ok()),
+                    continue_token: query.get("continue").cloned(),
+                };
+                let list = ops::list(&self.inner.store.lock(), &t, &labels, &fields, &page)?;
+                ok(form.list(&res, list))
+            }
+            (Method::GET, false) => {
+                let obj = ops::get(&self.inner.store.lock(), &t)?;
+                ok(form.object(&res, obj))
+            }
+            (Method::POST, true) => {
+                let body = parse_body(req.body())?;
+                if res.create_only {
+                    return created(self.inner.reviews.lock().review(&res, body)?);
+                }
+                created(ops::create(
+                    &mut self.inner.store.lock(),
+                    &t,
+                    body,
+                    &write_opts,
+                )?)
+            }
+            (Method::PUT, false) => {
+                let body = parse_body(req.body())?;
+                ok(ops::update(
+                    &mut self.inner.store.lock(),
+                    &t,
+                    body,
+                    &write_opts,
+                )?)
+            }
+            (Method::PATCH, false) => {
+                let ct = header_str(req, header::CONTENT_TYPE);
+                let type_ = PatchType::from_content_type(&ct).ok_or_else(|| {
+                    ApiError::UnsupportedMediaType(format!(
+                        "the body of the request was in an unknown format - accepted media \
+                         types include: application/json-patch+json, \
+                         application/merge-patch+json, application/apply-patch+yaml{}",
+                        if res.builtin {
+                            ", application/strategic-merge-patch+json"
+                        } else {
+                            ""
+                        }
+                    ))
+                })?;
+                let mut store = self.inner.store.lock();
+                let existed = store.get(&t.key(), &t.namespace, &t.name).is_some();
+                let v = ops::patch(&mut store, &t, type_, req.body(), &write_opts)?;
+                if existed { ok(v) } else { created(v) }
+            }
+            (Method::DELETE, false) => {
+                let opts = delete_options(req.body(), query)?;
+                ok(crate::gc::delete(&mut self.inner.store.lock(), &t, &opts)?)
+            }
+            (Method::DELETE, true) => {
+                let opts = delete_options(req.body(), query)?;
+                let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))?;
+                let fields =
+                    FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s), &res)?;
+                let mut store = self.inner.store.lock();
+                let list = ops::list(&store, &t, &labels, &fields, &Page::default())?;
+                let mut deleted = Vec::new();
+                for item in list["items"].as_array().into_iter().flatten() {
+                    let item_t = Target {
+                        namespace: item["metadata"]["namespace"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .into(),
+                        name: item["metadata"]["name"].as_str().unwrap_or_default().into(),
+                        ..t.clone()
+                    };
+                    crate::gc::delete(&mut store, &item_t, &opts)?;
+                    deleted.push(item.clone());
+                }
+                ok(json!({
+                    "kind": format!("{}List", res.kind),
+                    "apiVersion": res.api_version(version),
+                    "metadata": {"resourceVersion": store.current_rv().to_string()},
+                    "items": deleted,
+                }))
+            }
+            _ => Err(ApiError::MethodNotAllowed(
+                "the server does not allow this method on the requested resource".into(),
+            )),
+        }
+    }
+
+    fn watch(
+        &self,
+        t: &Target,
+        params: WatchParams,
+        form: Form,
+    ) -> Result<Response<ResponseBody>, ApiError> {
+        let render = form.render(&t.res);
+        let rx = {
+            let store = self.inner.store.lock();
+            watch::start(&store, t, params, self.inner.bookmark_interval, render)?
+        };
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(|b| Ok::<_, Infallible>(Frame::data(b)));
+        Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::TRANSFER_ENCODING, "chunked")
+            .body(BodyExt::boxed_unsync(StreamBody::new(stream)))
+            .expect("valid response"))
+    }
+}
+
+fn header_str(req: &Request<Bytes>, name: header::HeaderName) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The real server names an update's manager after the client's User-Agent product.
+fn default_manager(req: &Request<Bytes>) -> String {
+    let ua = header_str(req, header::USER_AGENT);
+    let product = ua.split('/').next().unwrap_or_default().trim();
+    if product.is_empty() {
+        "unknown".into()
+    } else {
+        product.to_string()
+    }
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .or_else(|_| serde_yaml::from_slice(body))
+        .map_err(|e| ApiError::BadRequest(format!("the body could not be decoded: {e}")))
+}
+
+fn delete_options(body: &Bytes, query: &Query) -> Result<DeleteOptions, ApiError> {
+    let b: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        parse_body(body)?
+    };
+    let policy = query
+        .get("propagationPolicy")
+        .cloned()
+        .or_else(|| b["propagationPolicy"].as_str().map(String::from));
+    let mut propagation = policy.as_deref().map(Propagation::parse).transpose()?;
+    let orphan = query
+        .get("orphanDependents")
+        .map(|s| s == "true")
+        .or_else(|| b["orphanDependents"].as_bool());
+    if propagation.is_none() {
+        propagation = orphan.map(|o| {
+            if o {
+                Propagation::Orphan
+            } else {
+                Propagation::Background
+            }
+        });
+    }
+    let dry_run = query.get("dryRun").is_some_and(|d| d == "All")
+        || b["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|d| d == "All"));
+    Ok(DeleteOptions {
+        propagation,
+        uid: b["preconditions"]["uid"].as_str().map(String::from),
+        resource_version: b["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(String::from),
+        dry_run,
+        grace_period: query
+            .get("gracePeriodSeconds")
+            .and_then(|g| g.parse().ok())
+            .or_else(|| b["gracePeriodSeconds"].as_i64()),
+    })
+}

@@ -1,0 +1,96 @@
+//! The HTTP server: the emulator on a 127.0.0.1 port, for clients in other processes
+//! (kubectl, the manager binary). Plain HTTP: everything stays on the loopback interface.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::{Emulator, EmulatorError, kubeconfig};
+
+/// A running server. Dropping it stops the listener and every open connection (watches
+/// included).
+pub struct Server {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `addr` and starts serving `emu`.
+    pub async fn start(emu: Emulator, addr: SocketAddr) -> Result<Self, EmulatorError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| EmulatorError::Io {
+                context: format!("binding {addr}"),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| EmulatorError::Io {
+            context: "reading the bound address".into(),
+            source,
+        })?;
+        let task = tokio::spawn(async move {
+            // Connections live in the set, so aborting this task ends them too.
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let _ = stream.set_nodelay(true);
+                        let service = TowerToHyperService::new(emu.clone());
+                        connections.spawn(async move {
+                            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                                tracing::debug!("connection ended: {e}");
+                            }
+                        });
+                    }
+                    Some(_) = connections.join_next() => {}
+                }
+            }
+        });
+        Ok(Server { addr, task })
+    }
+
+    /// The address served.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The kubeconfig for this server, as text.
+    pub fn kubeconfig(&self) -> String {
+        kubeconfig::render(self.addr)
+    }
+
+    /// Writes the kubeconfig to `path`, creating its directory if needed.
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), EmulatorError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| EmulatorError::Io {
+                context: format!("creating {}", dir.display()),
+                source,
+            })?;
+        }
+        std::fs::write(path, self.kubeconfig()).map_err(|source| EmulatorError::Io {
+            context: format!("writing {}", path.display()),
+            source,
+        })
+    }
+
+    /// Serves until the task ends (never, unless it panics); for the binary.
+    pub async fn wait(self) {
+        let _ = (&mut { self }.task).await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

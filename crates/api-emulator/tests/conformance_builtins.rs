@@ -1,0 +1,128 @@
+//! Every built-in the operator uses is served at its real path, with its scope; version,
+//! dry run and delete-collection.
+
+mod common;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams,
+};
+use rstest::rstest;
+use serde_json::{Value, json};
+
+#[rstest]
+#[case("", "v1", "Secret", "secrets", json!({"data": {}}))]
+#[case("", "v1", "ConfigMap", "configmaps", json!({"data": {"a": "b"}}))]
+#[case("", "v1", "ServiceAccount", "serviceaccounts", json!({}))]
+#[case("", "v1", "Service", "services", json!({"spec": {"ports": [{"port": 80}]}}))]
+#[case("", "v1", "Pod", "pods", json!({"spec": {"containers": [{"name": "c", "image": "busybox"}]}}))]
+#[case("", "v1", "Event", "events", json!({"involvedObject": {"kind": "Pod", "name": "p"}, "reason": "R", "message": "m"}))]
+#[case("events.k8s.io", "v1", "Event", "events", json!({"eventTime": "2025-01-01T00:00:00.000000Z", "reportingController": "c", "reportingInstance": "i", "action": "A", "reason": "R", "type": "Normal", "regarding": {"kind": "Pod", "name": "p"}}))]
+#[case("apps", "v1", "Deployment", "deployments", json!({"spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}))]
+#[case("apps", "v1", "DaemonSet", "daemonsets", json!({"spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}))]
+#[case("coordination.k8s.io", "v1", "Lease", "leases", json!({"spec": {"holderIdentity": "me", "leaseDurationSeconds": 15}}))]
+#[tokio::test]
+async fn namespaced_builtin_round_trips(
+    #[case] group: &str,
+    #[case] version: &str,
+    #[case] kind: &str,
+    #[case] plural: &str,
+    #[case] body: Value,
+) {
+    let env = common::env().await;
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.namespace, &ar);
+    let mut obj = body;
+    obj["apiVersion"] = json!(ar.api_version);
+    obj["kind"] = json!(kind);
+    obj["metadata"] = json!({"name": "x"});
+    let obj: DynamicObject = serde_json::from_value(obj).unwrap();
+    let created = api.create(&PostParams::default(), &obj).await.unwrap();
+    assert_eq!(created.types.unwrap().kind, kind);
+    let got = api.get("x").await.unwrap();
+    assert_eq!(
+        got.metadata.namespace.as_deref(),
+        Some(env.namespace.as_str())
+    );
+    api.delete("x", &DeleteParams::default()).await.unwrap();
+    common::eventually("deleted", || common::is_gone(&api, "x")).await;
+}
+
+#[tokio::test]
+async fn version_is_served() {
+    let env = common::env().await;
+    let v = env.client.apiserver_version().await.unwrap();
+    assert_eq!(v.major, "1");
+}
+
+#[tokio::test]
+async fn dry_run_create_stores_nothing() {
+    let env = common::env().await;
+    let api: Api<ConfigMap> = env.api();
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "dry"}})).unwrap();
+    let pp = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let answered = api.create(&pp, &cm).await.unwrap();
+    assert_eq!(answered.metadata.name.as_deref(), Some("dry"));
+    assert!(common::is_gone(&api, "dry").await);
+}
+
+#[tokio::test]
+async fn delete_collection_by_label() {
+    let env = common::env().await;
+    let api: Api<ConfigMap> = env.api();
+    for (name, app) in [("a", "x"), ("b", "x"), ("c", "y")] {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": app}}}))
+                .unwrap();
+        api.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    api.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("app=x"),
+    )
+    .await
+    .unwrap();
+    common::eventually("a and b deleted", || async {
+        common::is_gone(&api, "a").await && common::is_gone(&api, "b").await
+    })
+    .await;
+    assert!(api.get("c").await.is_ok());
+}
+
+#[tokio::test]
+async fn service_defaults_and_a_kept_cluster_ip() {
+    use k8s_openapi::api::core::v1::Service;
+    let env = common::env().await;
+    let api: Api<Service> = env.api();
+    let svc: Service = serde_json::from_value(
+        json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}}),
+    )
+    .unwrap();
+    let created = api.create(&PostParams::default(), &svc).await.unwrap();
+    let spec = created.spec.clone().unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    let ip = spec.cluster_ip.clone().unwrap();
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{ip}");
+    let port = &spec.ports.as_ref().unwrap()[0];
+    assert_eq!(port.protocol.as_deref(), Some("TCP"));
+    assert_eq!(
+        port.target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80))
+    );
+    // A replace that leaves the address out keeps it.
+    let mut again = created.clone();
+    let s = again.spec.as_mut().unwrap();
+    s.cluster_ip = None;
+    s.cluster_ips = None;
+    s.ports.as_mut().unwrap()[0].port = 8080;
+    s.ports.as_mut().unwrap()[0].target_port = None;
+    let replaced = api
+        .replace("web", &PostParams::default(), &again)
+        .await
+        .unwrap();
+    assert_eq!(replaced.spec.unwrap().cluster_ip, Some(ip));
+}
