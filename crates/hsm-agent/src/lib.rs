@@ -6,6 +6,7 @@ pub mod cli;
 pub mod device;
 pub mod fuzzing;
 pub mod health;
+pub mod kube_pin;
 pub mod pcscd;
 pub mod pin;
 pub mod refusals;

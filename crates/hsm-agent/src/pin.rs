@@ -22,6 +22,10 @@ pub enum PinError {
     /// The source holds an empty PIN.
     #[error("the PIN from {0} is empty")]
     Empty(String),
+    /// The Kubernetes source has no PIN now: the HSMDevice, its `pinSecret` or the Secret's
+    /// key is missing, or the watch has not answered yet.
+    #[error("no PIN from Kubernetes: {0}")]
+    Kubernetes(String),
 }
 
 /// A source of the token's user PIN.

@@ -4,6 +4,7 @@
 
 use crate::cli::AgentArgs;
 use crate::device::{Device, DeviceConfig};
+use crate::kube_pin::KubernetesPin;
 use crate::pcscd::{Pcscd, PcscdConfig};
 use crate::pin::{EnvPin, FilePin, FixedPin, PinSource};
 use crate::service::AgentService;
@@ -47,7 +48,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             state_dir: Some(args.state_dir.clone()),
             ..DeviceConfig::new(&args.pkcs11_library, args.selector())
         },
-        pin_source(&args),
+        pin_source(&args).await?,
     ));
     let service = AgentService::new(device.clone());
     let (stop_tx, stop) = watch::channel(false);
@@ -113,15 +114,36 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pin_source(args: &AgentArgs) -> Box<dyn PinSource> {
+/// The PIN source: `--pin-file`, `--pin`, the `HSM_PIN` variable, or else (the Go agent's
+/// default) the Secret that the HSMDevice's `pinSecret` names, through the Kubernetes API
+/// (in-cluster, or the kubeconfig), the device looked up in `POD_NAMESPACE`.
+async fn pin_source(args: &AgentArgs) -> anyhow::Result<Box<dyn PinSource>> {
+    use hsm_api::names::env::{HSM_PIN, POD_NAMESPACE};
     if let Some(file) = &args.pin_file {
-        Box::new(FilePin(file.clone()))
-    } else if let Some(pin) = &args.pin {
-        tracing::warn!("--pin puts the PIN on the command line; prefer --pin-file or HSM_PIN");
-        Box::new(FixedPin(pin.as_str().into()))
-    } else {
-        Box::new(EnvPin(hsm_api::names::env::HSM_PIN.into()))
+        return Ok(Box::new(FilePin(file.clone())));
     }
+    if let Some(pin) = &args.pin {
+        tracing::warn!("--pin puts the PIN on the command line; prefer --pin-file or HSM_PIN");
+        return Ok(Box::new(FixedPin(pin.as_str().into())));
+    }
+    if std::env::var_os(HSM_PIN).is_some() {
+        return Ok(Box::new(EnvPin(HSM_PIN.into())));
+    }
+    let client = kube::Client::try_default().await.context(
+        "no PIN source: give --pin-file or HSM_PIN, or run where the Kubernetes API is \
+         reachable so the PIN can come from the HSMDevice's pinSecret",
+    )?;
+    let namespace =
+        std::env::var(POD_NAMESPACE).unwrap_or_else(|_| client.default_namespace().to_owned());
+    tracing::info!(
+        device = %args.device_name, %namespace,
+        "the PIN comes from the HSMDevice's pinSecret"
+    );
+    Ok(Box::new(KubernetesPin::start(
+        client,
+        &namespace,
+        &args.device_name,
+    )))
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

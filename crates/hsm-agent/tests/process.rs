@@ -63,7 +63,15 @@ impl Drop for Agent {
 }
 
 fn start(dir: &Path, extra: &[String], grpc: u16, health: u16) -> Agent {
-    let child = Command::new(env!("CARGO_BIN_EXE_hsm-agent"))
+    let mut command = agent_command(dir, extra, grpc, health);
+    command.arg(format!("--pin-file={}", dir.join("pin").display()));
+    Agent(command.spawn().unwrap())
+}
+
+/// The agent's command as the manager runs it, without a PIN source.
+fn agent_command(dir: &Path, extra: &[String], grpc: u16, health: u16) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hsm-agent"));
+    command
         .args([
             "--mode=agent",
             "--device-name=pico-hsm",
@@ -74,16 +82,79 @@ fn start(dir: &Path, extra: &[String], grpc: u16, health: u16) -> Agent {
             &format!("--pkcs11-library={MODULE}"),
             "--bind-address=127.0.0.1",
         ])
-        .arg(format!("--pin-file={}", dir.join("pin").display()))
         .arg(format!("--state-dir={}", dir.join("state").display()))
         .args(extra)
         .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
         .env_remove("HSM_PIN")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stderr(Stdio::piped());
+    command
+}
+
+async fn wait_ready(agent: &mut Agent, health: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_status(health, "/readyz").await != Some(200) {
+        assert!(Instant::now() < deadline, "the agent never became ready");
+        assert!(agent.0.try_wait().unwrap().is_none(), "the agent exited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// With no PIN flag and no HSM_PIN, the PIN comes from the Secret that the HSMDevice's
+/// `pinSecret` names, in the namespace it names, read through the Kubernetes API (here the
+/// emulator over HTTP, found through KUBECONFIG, as in-cluster config would be).
+#[tokio::test]
+async fn takes_its_pin_from_the_hsmdevices_pin_secret() {
+    use k8s_openapi::api::core::v1::{Namespace, Secret};
+    use kube::Api;
+    use kube::api::PostParams;
+    let dir = tempfile::tempdir().unwrap();
+    token_dir(dir.path());
+    let emulator = api_emulator::Emulator::new();
+    emulator
+        .load_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds"))
         .unwrap();
-    Agent(child)
+    let client = emulator.client();
+    let post = PostParams::default();
+    for ns in ["hsm-system", "pins"] {
+        let namespace: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&post, &namespace)
+            .await
+            .unwrap();
+    }
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "pico-pin"}, "stringData": {"pin": "1234"}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), "pins")
+        .create(&post, &secret)
+        .await
+        .unwrap();
+    let device: hsm_api::device::HSMDevice = serde_json::from_value(serde_json::json!({
+        "apiVersion": "hsm.j5t.io/v1alpha1", "kind": "HSMDevice",
+        "metadata": {"name": "pico-hsm"},
+        "spec": {"deviceType": "PicoHSM",
+                 "pkcs11": {"pinSecret": {"name": "pico-pin", "key": "pin", "namespace": "pins"}}}
+    }))
+    .unwrap();
+    Api::<hsm_api::device::HSMDevice>::namespaced(client, "hsm-system")
+        .create(&post, &device)
+        .await
+        .unwrap();
+    let server = emulator.serve(0).await.unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+
+    let (grpc, health) = (free_port(), free_port());
+    let mut command = agent_command(dir.path(), &["--insecure-plaintext".into()], grpc, health);
+    command
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", "hsm-system")
+        .env_remove("KUBERNETES_SERVICE_HOST");
+    let mut agent = Agent(command.spawn().unwrap());
+    wait_ready(&mut agent, health).await;
 }
 
 async fn http_status(port: u16, path: &str) -> Option<u16> {
@@ -129,12 +200,7 @@ async fn runs_with_the_go_managers_arguments_and_stops_on_sigterm() {
         health,
     );
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_status(health, "/readyz").await != Some(200) {
-        assert!(Instant::now() < deadline, "the agent never became ready");
-        assert!(agent.0.try_wait().unwrap().is_none(), "the agent exited");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&mut agent, health).await;
     assert_eq!(http_status(health, "/healthz").await, Some(200));
 
     let channel = Channel::from_shared(format!("https://127.0.0.1:{grpc}"))
