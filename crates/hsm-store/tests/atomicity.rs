@@ -124,6 +124,21 @@ fn assert_clean(token: &dyn Token) {
     assert!(journals.is_empty(), "a journal survived recovery");
 }
 
+/// After a cut: the neighbours [`prepare`] wrote are whole, no journal is left, and the store
+/// keeps no leftovers (a rescan finds what the index holds).
+fn assert_untouched_and_clean(reopened: &dyn SecretStore, token: &dyn Token) {
+    assert_eq!(
+        state(reopened, "neighbour").data,
+        Some(vec![("k".into(), b"n".to_vec())])
+    );
+    assert_eq!(
+        state(reopened, "s/x").data,
+        Some(vec![("data".into(), b"nested".to_vec())])
+    );
+    assert_clean(token);
+    assert!(reopened.rescan().unwrap().is_empty());
+}
+
 /// `relabel: false` runs the fallback for modules that cannot relabel objects.
 #[rstest]
 fn every_cut_leaves_old_or_new(
@@ -160,17 +175,7 @@ fn every_cut_leaves_old_or_new(
         } else {
             panic!("{op:?} cut at call {cut}/{calls}: neither old nor new: {now:?}");
         }
-        assert_eq!(
-            state(&reopened, "neighbour").data,
-            Some(vec![("k".into(), b"n".to_vec())])
-        );
-        assert_eq!(
-            state(&reopened, "s/x").data,
-            Some(vec![("data".into(), b"nested".to_vec())])
-        );
-        assert_clean(&fresh.token());
-        // The store keeps no leftovers: a rescan finds what the index holds.
-        assert!(reopened.rescan().unwrap().is_empty());
+        assert_untouched_and_clean(&reopened, &fresh.token());
     }
     // Early cuts undo the write and late ones complete it: both paths ran.
     assert!(
@@ -257,16 +262,7 @@ impl CardRig {
             now == *before || now == *after,
             "{op:?} {what}: neither old nor new: {now:?}"
         );
-        assert_eq!(
-            state(&reopened, "neighbour").data,
-            Some(vec![("k".into(), b"n".to_vec())])
-        );
-        assert_eq!(
-            state(&reopened, "s/x").data,
-            Some(vec![("data".into(), b"nested".to_vec())])
-        );
-        assert_clean(&self.fresh.token());
-        assert!(reopened.rescan().unwrap().is_empty());
+        assert_untouched_and_clean(&reopened, &self.fresh.token());
         now == *after
     }
 }

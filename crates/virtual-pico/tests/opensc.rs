@@ -58,6 +58,26 @@ fn value_of(session: &Session, label: &str) -> Result<Vec<u8>, Error> {
     }
 }
 
+/// A logged-in session on the card once it is back, in the same process (no C_Finalize).
+/// OpenSC may still hand out a session on the card it knew until pcscd's next poll; that
+/// session fails at its first command, so the login is part of the wait.
+fn logged_in_when_back(p11: &Pkcs11) -> Session {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(slot) = p11.get_slots_with_token().unwrap().first()
+            && let Ok(session) = p11.open_rw_session(*slot)
+            && session.login(UserType::User, Some(&pin(USER_PIN))).is_ok()
+        {
+            return session;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the card never came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn private_data_objects_with_the_operators_labels() {
     let _fixture = PicoFixture::start().unwrap();
@@ -192,20 +212,7 @@ fn a_new_session_recovers_after_removal_without_finalize() {
 
     fixture.card.insert();
     assert!(fixture.card.wait_connected(Duration::from_secs(10)));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let fresh = loop {
-        if let Some(slot) = p11.get_slots_with_token().unwrap().first()
-            && let Ok(session) = p11.open_rw_session(*slot)
-        {
-            break session;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the token never came back"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    fresh.login(UserType::User, Some(&pin(USER_PIN))).unwrap();
+    let fresh = logged_in_when_back(&p11);
     assert_eq!(value_of(&fresh, "s/k").unwrap(), b"before");
 }
 
@@ -267,22 +274,7 @@ fn a_saved_card_survives_its_emulator() {
         create(&session, "kept/k", b"survives");
     }
     fixture.restart_card().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    // pcscd notices the swap only at its next poll: until then OpenSC may still hand out a
-    // session on the old card, which fails at the first command.
-    let session = loop {
-        if let Some(slot) = p11.get_slots_with_token().unwrap().first()
-            && let Ok(session) = p11.open_rw_session(*slot)
-            && session.login(UserType::User, Some(&pin(USER_PIN))).is_ok()
-        {
-            break session;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the card never came back"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let session = logged_in_when_back(&p11);
     assert_eq!(value_of(&session, "kept/k").unwrap(), b"survives");
     drop(session);
     let left = fixture.card.card().to_bytes();
@@ -320,20 +312,7 @@ fn a_destroy_cut_in_half_leaves_a_ghost() {
         assert_eq!((last.header[1], last.sw), (0xE4, 0x9000));
     }
     fixture.replug(fixture.card.card()).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let session = loop {
-        if let Some(slot) = p11.get_slots_with_token().unwrap().first()
-            && let Ok(session) = p11.open_rw_session(*slot)
-            && session.login(UserType::User, Some(&pin(USER_PIN))).is_ok()
-        {
-            break session;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the card never came back"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let session = logged_in_when_back(&p11);
     let ghost = session
         .find_objects(&[Attribute::Label(b"torn/k".to_vec())])
         .unwrap();

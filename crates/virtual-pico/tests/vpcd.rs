@@ -85,20 +85,7 @@ fn removal_and_reinsertion_keep_the_card() {
     let reader = Reader::new();
     let card = VirtualCard::start(reader.port(), Card::new("DEEMU13092"));
     let mut link = reader.accept();
-    send(&mut link, &select_applet());
-    receive(&mut link);
-    let init = [
-        &[
-            0x80u8, 0x50, 0x00, 0x00, 0x19, 0x80, 0x02, 0x00, 0x01, 0x81, 0x06,
-        ][..],
-        b"648219",
-        &[0x82, 0x08],
-        b"57621880",
-        &[0x91, 0x01, 0x03],
-    ]
-    .concat();
-    send(&mut link, &init);
-    assert_eq!(receive(&mut link), vec![0x90, 0x00]);
+    initialise(&mut link);
 
     card.remove();
     assert!(closed(&mut link), "removal closes the connection");
