@@ -151,16 +151,15 @@ fn check_namespace(store: &Store, t: &Target, body: &mut Value) -> Result<(), Ap
     let ns_key: ResourceKey = (String::new(), "namespaces".into());
     match store.get(&ns_key, "", &t.namespace) {
         None => Err(ApiError::not_found("", "namespaces", &t.namespace)),
-        Some(ns) if !ns["metadata"]["deletionTimestamp"].is_null() => Err(ApiError::Conflict {
-            message: format!(
+        Some(ns) if !ns["metadata"]["deletionTimestamp"].is_null() => {
+            Err(ApiError::Forbidden(format!(
                 "{} \"{}\" is forbidden: unable to create new content in namespace {} because \
                  it is being terminated",
                 t.res.plural,
                 body["metadata"]["name"].as_str().unwrap_or_default(),
                 t.namespace
-            ),
-            details: Value::Null,
-        }),
+            )))
+        }
         Some(_) => Ok(()),
     }
 }

@@ -329,7 +329,6 @@ impl Emulator {
         Ok(Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::TRANSFER_ENCODING, "chunked")
             .body(BodyExt::boxed_unsync(StreamBody::new(stream)))
             .expect("valid response"))
     }
