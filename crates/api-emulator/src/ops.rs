@@ -540,7 +540,7 @@ fn commit_update(
     meta::validate_owner_references(&t.res, &t.name, &new)?;
     admit_custom(t, &t.name, &mut new)?;
     check_finalizers(t, old, &new)?;
-    if t.res.has_generation && meta::spec_part(&new) != meta::spec_part(old) {
+    if t.res.has_generation && meta::spec_part(&t.res, &new) != meta::spec_part(&t.res, old) {
         let g = old["metadata"]["generation"].as_i64().unwrap_or(0);
         new["metadata"]["generation"] = json!(g + 1);
     }
