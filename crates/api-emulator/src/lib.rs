@@ -24,7 +24,9 @@
 //!   from a resourceVersion with bookmarks, `timeoutSeconds`, `sendInitialEvents`, 410 Gone
 //!   beyond the kept history;
 //! - custom resources pruned, defaulted and validated against their CRD's schema (types,
-//!   required, enum, bounds, lengths, patterns; no CEL rules);
+//!   required, enum, bounds, lengths, patterns; no CEL rules), unknown fields refused under
+//!   `fieldValidation=Strict` (what `kubectl apply` sends) and dropped silently otherwise
+//!   (no `Warning` headers);
 //! - JSON merge, JSON and strategic merge patch, server-side apply with conflicts and
 //!   `force`; status subresource semantics; finalizers; propagationPolicy and garbage
 //!   collection by ownerReference; namespace termination; graceful deletion of pods bound

@@ -65,6 +65,8 @@ pub struct WriteOptions {
     pub dry_run: bool,
     /// `force=true` for apply.
     pub force: bool,
+    /// `fieldValidation=Strict`: unknown fields are an error.
+    pub strict_fields: bool,
 }
 
 /// The object as seen through `version` (apiVersion and kind set).
@@ -228,7 +230,7 @@ fn create_with(
         o.remove("status");
     }
     meta::apply_defaults(&t.res, &mut body, true);
-    admit_custom(t, &name, &mut body)?;
+    admit_custom(t, &name, &mut body, o.strict_fields)?;
     match managed {
         Some(m) if !m.is_null() => body["metadata"]["managedFields"] = m,
         _ => {
@@ -262,17 +264,37 @@ fn create_with(
     Ok(present(&t.res, &t.version, &stored))
 }
 
-/// Prunes, defaults and validates a custom resource against its CRD's schema.
-fn admit_custom(t: &Target, name: &str, object: &mut Value) -> Result<(), ApiError> {
+/// Prunes, defaults and validates a custom resource against its CRD's schema; with
+/// `fieldValidation=Strict`, fields the schema does not declare are a 400, as on the real
+/// server (otherwise they are dropped silently: no Warning headers).
+fn admit_custom(t: &Target, name: &str, object: &mut Value, strict: bool) -> Result<(), ApiError> {
     let Some(schema) = t.res.schema.as_ref().filter(|_| !t.res.builtin) else {
         return Ok(());
     };
-    let causes = crate::structural::admit(schema, object);
-    if causes.is_empty() {
+    let admission = crate::structural::admit(schema, object);
+    if strict && !admission.unknown.is_empty() {
+        let fields: Vec<String> = admission
+            .unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        return Err(ApiError::BadRequest(format!(
+            "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {}",
+            fields.join(", "),
+            kind = t.res.kind,
+            v = t.version,
+        )));
+    }
+    if admission.causes.is_empty() {
         return Ok(());
     }
     let kind = format!("{}.{}", t.res.kind, t.res.group);
-    Err(ApiError::invalid(&t.res.group, &kind, name, &causes))
+    Err(ApiError::invalid(
+        &t.res.group,
+        &kind,
+        name,
+        &admission.causes,
+    ))
 }
 
 fn is_crd(res: &ResourceInfo) -> bool {
@@ -538,7 +560,7 @@ fn commit_update(
     }
     meta::validate_labels(&t.res, &t.name, &new)?;
     meta::validate_owner_references(&t.res, &t.name, &new)?;
-    admit_custom(t, &t.name, &mut new)?;
+    admit_custom(t, &t.name, &mut new, o.strict_fields)?;
     check_finalizers(t, old, &new)?;
     if t.res.has_generation && meta::spec_part(&t.res, &new) != meta::spec_part(&t.res, old) {
         let g = old["metadata"]["generation"].as_i64().unwrap_or(0);

@@ -203,6 +203,7 @@ impl Emulator {
             explicit_manager: query.contains_key("fieldManager"),
             dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
             force: flag("force"),
+            strict_fields: query.get("fieldValidation").is_some_and(|v| v == "Strict"),
         };
         let created = |v: Value| Ok(json_response(StatusCode::CREATED, &v));
         let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));

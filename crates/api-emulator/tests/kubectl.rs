@@ -206,3 +206,41 @@ async fn kubectl_get_watch_follows_changes() {
     assert_eq!(words[1][..3], ["ADDED", "db", "w"], "{seen:?}");
     assert_eq!(words[2][..3], ["DELETED", "db", "w"], "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_refuses_fields_the_schema_does_not_declare() {
+    let mut env = common::env().await;
+    let kc = env.kubeconfig().await;
+    let ns = env.namespace.clone();
+    let typo = "
+apiVersion: hsm.j5t.io/v1alpha1
+kind: HSMSecret
+metadata:
+  name: typo
+spec:
+  secretNmae: x
+";
+    let (ok, out) = kubectl(&kc, &ns, &["apply", "-f", "-"], Some(typo)).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("strict decoding error") && out.contains("spec.secretNmae"),
+        "{out}"
+    );
+    // Without strict validation the field is dropped.
+    let (ok, out) = kubectl(
+        &kc,
+        &ns,
+        &["apply", "--validate=false", "-f", "-"],
+        Some(typo),
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(
+        &kc,
+        &ns,
+        &["get", "hsmsecret", "typo", "-o", "jsonpath={.spec}"],
+        None,
+    )
+    .await;
+    assert!(ok && !out.contains("secretNmae"), "{out}");
+}
