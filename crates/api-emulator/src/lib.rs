@@ -59,6 +59,7 @@
 //! real cluster. Pointing the variable at `api-emulator serve`'s kubeconfig runs the whole
 //! suite over HTTP, as `tests/fidelity_switch.rs` does for the switch itself.
 
+pub mod admission;
 pub mod apply;
 pub mod crd;
 pub mod discovery;

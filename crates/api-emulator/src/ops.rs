@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::admission::{
+    admit_custom, check_finalizers, check_namespace, check_type, ensure_object,
+};
 use crate::apply::Apply;
 use crate::error::ApiError;
 use crate::fields::{self, Scope};
@@ -49,7 +52,8 @@ impl Target {
         }
     }
 
-    fn api_version(&self) -> String {
+    /// `group/version` of the request.
+    pub fn api_version(&self) -> String {
         self.res.api_version(&self.version)
     }
 }
@@ -75,95 +79,6 @@ pub fn present(res: &ResourceInfo, version: &str, object: &Value) -> Value {
     o["apiVersion"] = json!(res.api_version(version));
     o["kind"] = json!(res.kind);
     o
-}
-
-/// Refuses bodies whose shape the metadata rules cannot work on (the real server fails to
-/// decode them: 400), and gives a body without metadata an empty one.
-fn ensure_object(body: &mut Value) -> Result<(), ApiError> {
-    let bad = |what: &str| Err(ApiError::BadRequest(what.to_string()));
-    let Some(obj) = body.as_object_mut() else {
-        return bad("the body must be a JSON object");
-    };
-    let meta = obj
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Default::default()));
-    if meta.is_null() {
-        *meta = Value::Object(Default::default());
-    }
-    let Some(meta) = meta.as_object() else {
-        return bad("metadata must be an object");
-    };
-    for key in ["labels", "annotations"] {
-        match meta.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(m)) if m.values().all(Value::is_string) => {}
-            Some(_) => return bad(&format!("metadata.{key} must be a map of strings")),
-        }
-    }
-    match meta.get("finalizers") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
-        Some(_) => return bad("metadata.finalizers must be a list of strings"),
-    }
-    match meta.get("ownerReferences") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(a)) if a.iter().all(Value::is_object) => {}
-        Some(_) => return bad("metadata.ownerReferences must be a list of objects"),
-    }
-    Ok(())
-}
-
-fn check_type(t: &Target, body: &Value) -> Result<(), ApiError> {
-    if let Some(kind) = body.get("kind").and_then(Value::as_str)
-        && kind != t.res.kind
-    {
-        return Err(ApiError::BadRequest(format!(
-            "the kind in the body ({kind}) does not match the kind of the resource ({})",
-            t.res.kind
-        )));
-    }
-    if let Some(av) = body.get("apiVersion").and_then(Value::as_str)
-        && av != t.api_version()
-    {
-        return Err(ApiError::BadRequest(format!(
-            "the API version in the data ({av}) does not match the expected API version ({})",
-            t.api_version()
-        )));
-    }
-    Ok(())
-}
-
-fn check_namespace(store: &Store, t: &Target, body: &mut Value) -> Result<(), ApiError> {
-    if !t.res.namespaced {
-        if let Some(m) = body["metadata"].as_object_mut() {
-            m.remove("namespace");
-        }
-        return Ok(());
-    }
-    match body["metadata"]["namespace"].as_str() {
-        Some(ns) if !ns.is_empty() && ns != t.namespace => {
-            return Err(ApiError::BadRequest(
-                "the namespace of the provided object does not match the namespace sent on \
-                 the request"
-                    .into(),
-            ));
-        }
-        _ => body["metadata"]["namespace"] = json!(t.namespace),
-    }
-    let ns_key: ResourceKey = (String::new(), "namespaces".into());
-    match store.get(&ns_key, "", &t.namespace) {
-        None => Err(ApiError::not_found("", "namespaces", &t.namespace)),
-        Some(ns) if !ns["metadata"]["deletionTimestamp"].is_null() => {
-            Err(ApiError::Forbidden(format!(
-                "{} \"{}\" is forbidden: unable to create new content in namespace {} because \
-                 it is being terminated",
-                t.res.plural,
-                body["metadata"]["name"].as_str().unwrap_or_default(),
-                t.namespace
-            )))
-        }
-        Some(_) => Ok(()),
-    }
 }
 
 /// Creates an object (POST to a collection).
@@ -262,39 +177,6 @@ fn create_with(
     let stored = store.put(&key, body);
     gc::collect_if_orphaned(store, &(key, t.namespace.clone(), name));
     Ok(present(&t.res, &t.version, &stored))
-}
-
-/// Prunes, defaults and validates a custom resource against its CRD's schema; with
-/// `fieldValidation=Strict`, fields the schema does not declare are a 400, as on the real
-/// server (otherwise they are dropped silently: no Warning headers).
-fn admit_custom(t: &Target, name: &str, object: &mut Value, strict: bool) -> Result<(), ApiError> {
-    let Some(schema) = t.res.schema.as_ref().filter(|_| !t.res.builtin) else {
-        return Ok(());
-    };
-    let admission = crate::structural::admit(schema, object);
-    if strict && !admission.unknown.is_empty() {
-        let fields: Vec<String> = admission
-            .unknown
-            .iter()
-            .map(|f| format!("unknown field \"{f}\""))
-            .collect();
-        return Err(ApiError::BadRequest(format!(
-            "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {}",
-            fields.join(", "),
-            kind = t.res.kind,
-            v = t.version,
-        )));
-    }
-    if admission.causes.is_empty() {
-        return Ok(());
-    }
-    let kind = format!("{}.{}", t.res.kind, t.res.group);
-    Err(ApiError::invalid(
-        &t.res.group,
-        &kind,
-        name,
-        &admission.causes,
-    ))
 }
 
 fn is_crd(res: &ResourceInfo) -> bool {
@@ -616,31 +498,4 @@ fn without_times(v: &Value) -> Value {
         }
     }
     v
-}
-
-fn check_finalizers(t: &Target, old: &Value, new: &Value) -> Result<(), ApiError> {
-    if old["metadata"]["deletionTimestamp"].is_null() {
-        return Ok(());
-    }
-    let list = meta::finalizers;
-    let before = list(old);
-    let added: Vec<String> = list(new)
-        .into_iter()
-        .filter(|f| !before.contains(f))
-        .collect();
-    if added.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            &t.res.group,
-            &t.res.kind,
-            &t.name,
-            &[(
-                "metadata.finalizers".into(),
-                format!(
-                    "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
-                ),
-            )],
-        ))
-    }
 }
