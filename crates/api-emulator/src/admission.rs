@@ -167,3 +167,37 @@ pub fn check_finalizers(t: &Target, old: &Value, new: &Value) -> Result<(), ApiE
         ))
     }
 }
+
+/// An Event must be about an object of its own namespace (422), as the real server checks;
+/// the Event is in its stored (core) shape here.
+pub fn check_event(t: &Target, name: &str, event: &Value) -> Result<(), ApiError> {
+    if !(t.key().0.is_empty() && t.key().1 == "events") {
+        return Ok(());
+    }
+    let field = if crate::events::is_events_group(&t.res) {
+        "regarding.namespace"
+    } else {
+        "involvedObject.namespace"
+    };
+    let ns = event["metadata"]["namespace"].as_str().unwrap_or_default();
+    let about = event["involvedObject"]["namespace"]
+        .as_str()
+        .unwrap_or_default();
+    let ok = if about.is_empty() {
+        ns.is_empty() || ns == "default"
+    } else {
+        about == ns
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        &t.res.group,
+        &t.res.kind,
+        name,
+        &[(
+            field.to_string(),
+            format!("Invalid value: \"{about}\": does not match event.namespace"),
+        )],
+    ))
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::admission::{
-    admit_custom, check_finalizers, check_namespace, check_type, ensure_object,
+    admit_custom, check_event, check_finalizers, check_namespace, check_type, ensure_object,
 };
 use crate::apply::Apply;
 use crate::error::ApiError;
@@ -116,6 +116,7 @@ fn create_with(
     meta::validate_name(&t.res, &name)?;
     meta::validate_labels(&t.res, &name, &body)?;
     meta::validate_owner_references(&t.res, &name, &body)?;
+    check_event(t, &name, &body)?;
     let key = t.key();
     if store.get(&key, &t.namespace, &name).is_some() {
         return Err(ApiError::already_exists(&t.res.group, &t.res.plural, &name));
