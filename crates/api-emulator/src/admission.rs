@@ -201,3 +201,57 @@ pub fn check_event(t: &Target, name: &str, event: &Value) -> Result<(), ApiError
         )],
     ))
 }
+
+/// Fields the real server refuses to change on update (422): a Secret's `type`, a
+/// Deployment's or DaemonSet's `spec.selector`, and the data of a ConfigMap or Secret marked
+/// `immutable`.
+pub fn check_immutable(t: &Target, old: &Value, new: &Value) -> Result<(), ApiError> {
+    if !t.res.builtin {
+        return Ok(());
+    }
+    let mut causes = Vec::new();
+    let changed = |path: &[&str]| {
+        let get = |v: &Value| path.iter().fold(v.clone(), |acc, k| acc[*k].clone());
+        let (a, b) = (get(old), get(new));
+        (a != b).then(|| (path.join("."), b))
+    };
+    let immutable = |(field, value): (String, Value)| {
+        (field, format!("Invalid value: {value}: field is immutable"))
+    };
+    match (t.res.group.as_str(), t.res.plural.as_str()) {
+        ("", "secrets") => causes.extend(changed(&["type"]).map(immutable)),
+        ("apps", "deployments" | "daemonsets") => {
+            causes.extend(changed(&["spec", "selector"]).map(immutable))
+        }
+        _ => {}
+    }
+    if matches!(t.res.plural.as_str(), "secrets" | "configmaps")
+        && t.res.group.is_empty()
+        && old["immutable"].as_bool() == Some(true)
+    {
+        for field in ["data", "binaryData"] {
+            if let Some((f, _)) = changed(&[field]) {
+                causes.push((
+                    f,
+                    "Forbidden: field is immutable when `immutable` is set".into(),
+                ));
+            }
+        }
+        if let Some((f, _)) = changed(&["immutable"]) {
+            causes.push((
+                f,
+                "Forbidden: field is immutable when `immutable` is set".into(),
+            ));
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            &t.res.group,
+            &t.res.kind,
+            &t.name,
+            &causes,
+        ))
+    }
+}

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::admission::{
-    admit_custom, check_event, check_finalizers, check_namespace, check_type, ensure_object,
+    admit_custom, check_event, check_finalizers, check_immutable, check_namespace, check_type,
+    ensure_object,
 };
 use crate::apply::Apply;
 use crate::error::ApiError;
@@ -445,6 +446,9 @@ fn commit_update(
     meta::validate_owner_references(&t.res, &t.name, &new)?;
     admit_custom(t, &t.name, &mut new, o.strict_fields)?;
     check_finalizers(t, old, &new)?;
+    if !t.status {
+        check_immutable(t, old, &new)?;
+    }
     if t.res.has_generation && meta::spec_part(&t.res, &new) != meta::spec_part(&t.res, old) {
         let g = old["metadata"]["generation"].as_i64().unwrap_or(0);
         new["metadata"]["generation"] = json!(g + 1);

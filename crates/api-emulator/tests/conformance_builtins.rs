@@ -132,3 +132,63 @@ async fn service_defaults_and_a_kept_cluster_ip() {
         .unwrap();
     assert_eq!(replaced.spec.unwrap().cluster_ip, Some(ip));
 }
+
+#[tokio::test]
+async fn immutable_fields_are_422() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Patch, PatchParams};
+    let env = common::env().await;
+    let secrets: Api<Secret> = env.api();
+    let s: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {}}))
+            .unwrap();
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    let r = secrets
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"type": "kubernetes.io/tls"})),
+        )
+        .await;
+    assert_eq!(common::reason(r).0, 422);
+
+    let frozen: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "frozen"}, "immutable": true, "data": {"a": "1"}}),
+    )
+    .unwrap();
+    let cms: Api<ConfigMap> = env.api();
+    cms.create(&PostParams::default(), &frozen).await.unwrap();
+    let r = cms
+        .patch(
+            "frozen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"a": "2"}})),
+        )
+        .await;
+    assert_eq!(common::reason(r).0, 422);
+    // Metadata stays writable.
+    cms.patch(
+        "frozen",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+    )
+    .await
+    .unwrap();
+
+    let deploys: Api<Deployment> = env.api();
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "d"}, "spec": {
+        "selector": {"matchLabels": {"a": "b"}},
+        "template": {"metadata": {"labels": {"a": "b", "c": "d"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}},
+    }}))
+    .unwrap();
+    deploys.create(&PostParams::default(), &d).await.unwrap();
+    let r = deploys
+        .patch(
+            "d",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"selector": {"matchLabels": {"c": "d"}}}})),
+        )
+        .await;
+    assert_eq!(common::reason(r).0, 422);
+}
