@@ -291,23 +291,20 @@ pub fn patch(
     body: &[u8],
     o: &WriteOptions,
 ) -> Result<Value, ApiError> {
-    let parse_json = |b: &[u8]| -> Result<Value, ApiError> {
-        serde_json::from_slice(b).map_err(|e| ApiError::BadRequest(format!("invalid patch: {e}")))
-    };
     let old = store.get(&t.key(), &t.namespace, &t.name).cloned();
-    if type_ == PatchType::Apply {
-        let config: Value = serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?;
-        return apply(store, t, old, config, o);
-    }
-    let old = old.ok_or_else(|| ApiError::not_found(&t.res.group, &t.res.plural, &t.name))?;
-    let mut new = crate::events::outbound(&t.res, &old);
-    match type_ {
-        PatchType::Merge => patch::merge_patch(&mut new, &parse_json(body)?),
-        PatchType::Json => patch::json_patch(&mut new, &parse_json(body)?)?,
-        PatchType::Strategic => patch::strategic_merge(&t.res, &mut new, &parse_json(body)?)?,
-        PatchType::Apply => unreachable!("handled above"),
-    }
+    let (old, new) = match (type_, old) {
+        (PatchType::Apply, old) => {
+            let config: Value = serde_yaml::from_slice(body)
+                .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?;
+            return apply(store, t, old, config, o);
+        }
+        (_, None) => return Err(ApiError::not_found(&t.res.group, &t.res.plural, &t.name)),
+        (_, Some(old)) => {
+            let mut new = crate::events::outbound(&t.res, &old);
+            patch::patch_object(&t.res, type_, &mut new, body)?;
+            (old, new)
+        }
+    };
     let new = crate::events::inbound(&t.res, new);
     commit_update(store, t, &old, new, o, Ownership::Update)
 }
