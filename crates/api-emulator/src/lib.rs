@@ -12,10 +12,10 @@
 //! What it does, as the real apiserver does:
 //!
 //! - routing of core (`/api/v1`) and named groups, namespaced and cluster-scoped resources,
-//!   `/status` subresources; the built-ins the operator uses (Namespace, Secret, ConfigMap,
-//!   Pod, Service, ServiceAccount, Event in both groups, Node, Deployment, DaemonSet, Lease,
-//!   TokenReview, SubjectAccessReview, CustomResourceDefinition) and custom resources from
-//!   CRD objects or YAML files;
+//!   `/status` and `/scale` subresources; the built-ins the operator uses (Namespace, Secret,
+//!   ConfigMap, Pod, Service, ServiceAccount, Event in both groups, Node, Deployment,
+//!   DaemonSet, Lease, TokenReview, SubjectAccessReview, CustomResourceDefinition) and custom
+//!   resources from CRD objects or YAML files;
 //! - discovery (legacy forms), `/version`, server-side Tables for `kubectl get`;
 //! - metadata: uid, creationTimestamp, generateName, one global resourceVersion, generation
 //!   bumped on spec changes only, managedFields; 404/409/422 Status bodies; stale
@@ -76,6 +76,7 @@ pub mod patch;
 pub mod resources;
 pub mod reviews;
 pub mod routes;
+pub mod scale;
 pub mod schema;
 pub mod selector;
 pub mod server;

@@ -172,10 +172,11 @@ impl Emulator {
         {
             return Err(not_found_path());
         }
-        let (name, status) = match tail {
-            [] => ("", false),
-            [name] => (*name, false),
-            [name, "status"] if res.status_subresource => (*name, true),
+        let (name, status, scale) = match tail {
+            [] => ("", false, false),
+            [name] => (*name, false, false),
+            [name, "status"] if res.status_subresource => (*name, true, false),
+            [name, "scale"] if res.scale.is_some() => (*name, false, true),
             _ => return Err(not_found_path()),
         };
         let t = Target {
@@ -205,6 +206,34 @@ impl Emulator {
             force: flag("force"),
             strict_fields: query.get("fieldValidation").is_some_and(|v| v == "Strict"),
         };
+        if scale {
+            let mut store = self.inner.store.lock();
+            return match method {
+                Method::GET => Ok(json_response(
+                    StatusCode::OK,
+                    &crate::scale::get(&store, &t)?,
+                )),
+                Method::PUT => Ok(json_response(
+                    StatusCode::OK,
+                    &crate::scale::write(&mut store, &t, None, req.body(), &write_opts)?,
+                )),
+                Method::PATCH => {
+                    let ct = header_str(req, header::CONTENT_TYPE);
+                    let pt = PatchType::from_content_type(&ct)
+                        .filter(|p| *p != PatchType::Apply)
+                        .ok_or_else(|| {
+                            ApiError::UnsupportedMediaType(format!("{ct} is not served for /scale"))
+                        })?;
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &crate::scale::write(&mut store, &t, Some(pt), req.body(), &write_opts)?,
+                    ))
+                }
+                _ => Err(ApiError::MethodNotAllowed(
+                    "the server does not allow this method on the requested resource".into(),
+                )),
+            };
+        }
         let created = |v: Value| Ok(json_response(StatusCode::CREATED, &v));
         let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
         match (method, name.is_empty()) {
