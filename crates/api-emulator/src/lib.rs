@@ -122,7 +122,7 @@ pub struct Builder {
 impl Default for Builder {
     fn default() -> Self {
         Builder {
-            history_limit: 100_000,
+            history_limit: 20_000,
             bookmark_interval: Duration::from_secs(1),
         }
     }
@@ -130,7 +130,8 @@ impl Default for Builder {
 
 impl Builder {
     /// How many change events are kept for watches that resume from a resourceVersion;
-    /// older versions get 410 Gone.
+    /// older versions get 410 Gone (default 20 000: each kept event holds a version of its
+    /// object, so this bounds memory in long runs, as etcd's compaction does).
     pub fn history_limit(mut self, events: usize) -> Self {
         self.history_limit = events;
         self
