@@ -207,32 +207,10 @@ impl Emulator {
             strict_fields: query.get("fieldValidation").is_some_and(|v| v == "Strict"),
         };
         if scale {
+            let ct = header_str(req, header::CONTENT_TYPE);
             let mut store = self.inner.store.lock();
-            return match method {
-                Method::GET => Ok(json_response(
-                    StatusCode::OK,
-                    &crate::scale::get(&store, &t)?,
-                )),
-                Method::PUT => Ok(json_response(
-                    StatusCode::OK,
-                    &crate::scale::write(&mut store, &t, None, req.body(), &write_opts)?,
-                )),
-                Method::PATCH => {
-                    let ct = header_str(req, header::CONTENT_TYPE);
-                    let pt = PatchType::from_content_type(&ct)
-                        .filter(|p| *p != PatchType::Apply)
-                        .ok_or_else(|| {
-                            ApiError::UnsupportedMediaType(format!("{ct} is not served for /scale"))
-                        })?;
-                    Ok(json_response(
-                        StatusCode::OK,
-                        &crate::scale::write(&mut store, &t, Some(pt), req.body(), &write_opts)?,
-                    ))
-                }
-                _ => Err(ApiError::MethodNotAllowed(
-                    "the server does not allow this method on the requested resource".into(),
-                )),
-            };
+            let v = crate::scale::serve(&mut store, &t, &method, &ct, req.body(), &write_opts)?;
+            return Ok(json_response(StatusCode::OK, &v));
         }
         let created = |v: Value| Ok(json_response(StatusCode::CREATED, &v));
         let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
@@ -316,26 +294,9 @@ impl Emulator {
                 let fields =
                     FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s), &res)?;
                 let mut store = self.inner.store.lock();
-                let list = ops::list(&store, &t, &labels, &fields, &Page::default())?;
-                let mut deleted = Vec::new();
-                for item in list["items"].as_array().into_iter().flatten() {
-                    let item_t = Target {
-                        namespace: item["metadata"]["namespace"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .into(),
-                        name: item["metadata"]["name"].as_str().unwrap_or_default().into(),
-                        ..t.clone()
-                    };
-                    crate::gc::delete(&mut store, &item_t, &opts)?;
-                    deleted.push(item.clone());
-                }
-                ok(json!({
-                    "kind": format!("{}List", res.kind),
-                    "apiVersion": res.api_version(version),
-                    "metadata": {"resourceVersion": store.current_rv().to_string()},
-                    "items": deleted,
-                }))
+                ok(crate::gc::delete_collection(
+                    &mut store, &t, &labels, &fields, &opts,
+                )?)
             }
             _ => Err(ApiError::MethodNotAllowed(
                 "the server does not allow this method on the requested resource".into(),

@@ -62,6 +62,34 @@ fn scale_of(t: &Target, paths: &ScalePaths, object: &Value) -> Value {
     scale
 }
 
+/// Serves one request to `/scale`: GET, PUT, or PATCH (merge, JSON, strategic as merge).
+pub fn serve(
+    store: &mut Store,
+    t: &Target,
+    method: &http::Method,
+    content_type: &str,
+    body: &[u8],
+    o: &WriteOptions,
+) -> Result<Value, ApiError> {
+    match *method {
+        http::Method::GET => get(store, t),
+        http::Method::PUT => write(store, t, None, body, o),
+        http::Method::PATCH => {
+            let pt = PatchType::from_content_type(content_type)
+                .filter(|p| *p != PatchType::Apply)
+                .ok_or_else(|| {
+                    ApiError::UnsupportedMediaType(format!(
+                        "{content_type} is not served for /scale"
+                    ))
+                })?;
+            write(store, t, Some(pt), body, o)
+        }
+        _ => Err(ApiError::MethodNotAllowed(
+            "the server does not allow this method on the requested resource".into(),
+        )),
+    }
+}
+
 /// GET `/scale`.
 pub fn get(store: &Store, t: &Target) -> Result<Value, ApiError> {
     let paths = paths(t)?;
