@@ -29,7 +29,8 @@
 //!   (no `Warning` headers);
 //! - JSON merge, JSON and strategic merge patch, server-side apply with conflicts and
 //!   `force`; status subresource semantics; finalizers; propagationPolicy and garbage
-//!   collection by ownerReference; namespace termination; graceful deletion of pods bound
+//!   collection by ownerReference; namespace termination; a new namespace gets the
+//!   `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap; graceful deletion of pods bound
 //!   to a node (they stay terminating until a delete with `gracePeriodSeconds=0`, which is
 //!   what a kubelet sends — the e2e pod runner plays that part).
 //!

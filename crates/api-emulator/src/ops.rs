@@ -177,8 +177,48 @@ fn create_with(
         return Ok(present(&t.res, &t.version, &body));
     }
     let stored = store.put(&key, body);
-    gc::collect_if_orphaned(store, &(key, t.namespace.clone(), name));
+    gc::collect_if_orphaned(store, &(key, t.namespace.clone(), name.clone()));
+    if t.res.builtin && t.res.group.is_empty() && t.res.plural == "namespaces" {
+        populate_namespace(store, &name);
+    }
     Ok(present(&t.res, &t.version, &stored))
+}
+
+/// What the real cluster's controllers put in every new namespace: the `default`
+/// ServiceAccount and the `kube-root-ca.crt` ConfigMap (empty here: the emulator serves no
+/// TLS).
+fn populate_namespace(store: &mut Store, namespace: &str) {
+    let fixtures = [
+        (
+            "serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+        ),
+        (
+            "configmaps",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": ""}}),
+        ),
+    ];
+    for (plural, object) in fixtures {
+        let Some(res) = store.registry.lookup("", "v1", plural) else {
+            continue;
+        };
+        let t = Target {
+            res,
+            version: "v1".into(),
+            namespace: namespace.to_string(),
+            name: String::new(),
+            status: false,
+        };
+        let opts = WriteOptions {
+            field_manager: "kube-controller-manager".into(),
+            explicit_manager: true,
+            ..Default::default()
+        };
+        // A fresh namespace has neither; nothing can fail but a bug.
+        if let Err(e) = create(store, &t, object, &opts) {
+            tracing::warn!("populating namespace {namespace}: {e}");
+        }
+    }
 }
 
 fn is_crd(res: &ResourceInfo) -> bool {

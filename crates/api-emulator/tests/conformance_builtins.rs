@@ -192,3 +192,19 @@ async fn immutable_fields_are_422() {
         .await;
     assert_eq!(common::reason(r).0, 422);
 }
+
+#[tokio::test]
+async fn a_new_namespace_has_its_default_service_account() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let env = common::env().await;
+    let sas: Api<ServiceAccount> = env.api();
+    common::eventually("the default ServiceAccount", || async {
+        sas.get("default").await.is_ok()
+    })
+    .await;
+    let cms: Api<ConfigMap> = env.api();
+    common::eventually("the root CA ConfigMap", || async {
+        cms.get("kube-root-ca.crt").await.is_ok()
+    })
+    .await;
+}
