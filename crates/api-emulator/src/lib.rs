@@ -30,17 +30,29 @@
 //! - JSON merge, JSON and strategic merge patch, server-side apply with conflicts and
 //!   `force`; status subresource semantics; finalizers; propagationPolicy and garbage
 //!   collection by ownerReference; namespace termination; a new namespace gets the
-//!   `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap; graceful deletion of pods bound
-//!   to a node (they stay terminating until a delete with `gracePeriodSeconds=0`, which is
-//!   what a kubelet sends — the e2e pod runner plays that part).
+//!   `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap; graceful deletion of
+//!   pods bound to a node (they stay terminating until a delete with
+//!   `gracePeriodSeconds=0`, which is what a kubelet sends — the e2e pod runner plays that
+//!   part); immutable fields (Secret type, workload selectors, immutable ConfigMaps and
+//!   Secrets).
 //!
-//! Known differences: pages of a list after the first show the objects as they are now, not
-//! the first page's snapshot (see [`paging`]); no authentication or RBAC on the API itself (TokenReview
-//! and SubjectAccessReview answer what the test set); OpenAPI v3 lists operations but no
-//! schemas (enough for kubectl's server-side validation check; `/openapi/v2` is 404); only the storage version of a CRD is
-//! kept (other served versions see the same object with another apiVersion, no conversion);
-//! protobuf is never served; garbage collection and namespace termination finish inside the
-//! deleting request rather than shortly after it.
+//! Known differences:
+//!
+//! - no controllers: a Deployment makes no ReplicaSets or Pods, nothing fills workload
+//!   status (the e2e pod runner does what the tests need);
+//! - pages of a list after the first show the objects as they are now, not the first page's
+//!   snapshot (see [`paging`]);
+//! - no authentication or RBAC on the API itself (TokenReview and SubjectAccessReview answer
+//!   what the test set);
+//! - discovery in the legacy forms only (kubectl falls back from the aggregated form);
+//!   OpenAPI v3 lists operations but no schemas (enough for kubectl's server-side validation
+//!   check; `/openapi/v2` is 404); no `Warning` headers; protobuf is never served;
+//! - field selectors of built-ins accept any field path (the real server a per-kind list);
+//!   CEL validation rules of CRDs are not evaluated;
+//! - only the storage version of a CRD is kept (other served versions see the same object
+//!   with another apiVersion, no conversion);
+//! - garbage collection and namespace termination finish inside the deleting request rather
+//!   than shortly after it.
 //!
 //! # Fidelity: the same tests on a real cluster
 //!
