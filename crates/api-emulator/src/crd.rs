@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, EmulatorError};
-use crate::resources::{PrinterColumn, ResourceInfo};
+use crate::resources::{PrinterColumn, ResourceInfo, ScalePaths};
 
 /// Reads every CRD in the `.yaml`/`.yml`/`.json` files of `dir` (multi-document YAML allowed;
 /// documents of other kinds are skipped), in file-name order.
@@ -122,6 +122,17 @@ pub fn resource_from_crd(crd: &Value) -> Result<ResourceInfo, ApiError> {
         builtin: false,
         create_only: false,
         returns_deleted_object: true,
+        scale: storage["subresources"].get("scale").map(|sc| ScalePaths {
+            spec_replicas: sc["specReplicasPath"]
+                .as_str()
+                .unwrap_or(".spec.replicas")
+                .into(),
+            status_replicas: sc["statusReplicasPath"]
+                .as_str()
+                .unwrap_or(".status.replicas")
+                .into(),
+            label_selector: sc["labelSelectorPath"].as_str().map(String::from),
+        }),
         printer_columns,
         schema: storage["schema"].get("openAPIV3Schema").cloned(),
     })

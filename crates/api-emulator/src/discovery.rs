@@ -87,6 +87,17 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
             entry["categories"] = json!(r.categories);
         }
         resources.push(entry);
+        if r.scale.is_some() {
+            resources.push(json!({
+                "name": format!("{}/scale", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
         if r.status_subresource {
             resources.push(json!({
                 "name": format!("{}/status", r.plural),

@@ -45,6 +45,9 @@ pub enum ApiError {
     /// 400 BadRequest: the request itself is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// 403 Forbidden: e.g. new content in a terminating namespace.
+    #[error("{0}")]
+    Forbidden(String),
     /// 405 MethodNotAllowed: the verb is not served for this resource.
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -70,6 +73,7 @@ impl ApiError {
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
             ApiError::Invalid { .. } => 422,
             ApiError::BadRequest(_) => 400,
+            ApiError::Forbidden(_) => 403,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::NotAcceptable(_) => 406,
             ApiError::Expired(_) => 410,
@@ -86,6 +90,7 @@ impl ApiError {
             ApiError::Conflict { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
+            ApiError::Forbidden(_) => "Forbidden",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::NotAcceptable(_) => "NotAcceptable",
             ApiError::Expired(_) => "Expired",

@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::meta::{self, finalizers};
 use crate::ops::{Target, present};
+use crate::paging::Page;
 use crate::resources::ResourceKey;
+use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Location, Store};
 
 /// How dependents are handled (`propagationPolicy`).
@@ -163,6 +165,37 @@ fn graceful_pod_deletion(
         pod["metadata"]["generation"] = json!(g + 1);
     }
     Some((*store.put(key, pod)).clone())
+}
+
+/// Deletes every object of a collection that the selectors match (`deletecollection`);
+/// answers the list of what was deleted.
+pub fn delete_collection(
+    store: &mut Store,
+    t: &Target,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+    opts: &DeleteOptions,
+) -> Result<Value, ApiError> {
+    let list = crate::ops::list(store, t, labels, fields, &Page::default())?;
+    let mut deleted = Vec::new();
+    for item in list["items"].as_array().into_iter().flatten() {
+        let item_t = Target {
+            namespace: item["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .into(),
+            name: item["metadata"]["name"].as_str().unwrap_or_default().into(),
+            ..t.clone()
+        };
+        delete(store, &item_t, opts)?;
+        deleted.push(item.clone());
+    }
+    Ok(json!({
+        "kind": format!("{}List", t.res.kind),
+        "apiVersion": t.api_version(),
+        "metadata": {"resourceVersion": store.current_rv().to_string()},
+        "items": deleted,
+    }))
 }
 
 /// What became of a deleted object.

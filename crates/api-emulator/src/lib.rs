@@ -12,10 +12,10 @@
 //! What it does, as the real apiserver does:
 //!
 //! - routing of core (`/api/v1`) and named groups, namespaced and cluster-scoped resources,
-//!   `/status` subresources; the built-ins the operator uses (Namespace, Secret, ConfigMap,
-//!   Pod, Service, ServiceAccount, Event in both groups, Node, Deployment, DaemonSet, Lease,
-//!   TokenReview, SubjectAccessReview, CustomResourceDefinition) and custom resources from
-//!   CRD objects or YAML files;
+//!   `/status` and `/scale` subresources; the built-ins the operator uses (Namespace, Secret,
+//!   ConfigMap, Pod, Service, ServiceAccount, Event in both groups, Node, Deployment,
+//!   DaemonSet, Lease, TokenReview, SubjectAccessReview, CustomResourceDefinition) and custom
+//!   resources from CRD objects or YAML files;
 //! - discovery (legacy forms), `/version`, server-side Tables for `kubectl get`;
 //! - metadata: uid, creationTimestamp, generateName, one global resourceVersion, generation
 //!   bumped on spec changes only, managedFields; 404/409/422 Status bodies; stale
@@ -24,20 +24,35 @@
 //!   from a resourceVersion with bookmarks, `timeoutSeconds`, `sendInitialEvents`, 410 Gone
 //!   beyond the kept history;
 //! - custom resources pruned, defaulted and validated against their CRD's schema (types,
-//!   required, enum, bounds, lengths, patterns; no CEL rules);
+//!   required, enum, bounds, lengths, patterns; no CEL rules), unknown fields refused under
+//!   `fieldValidation=Strict` (what `kubectl apply` sends) and dropped silently otherwise
+//!   (no `Warning` headers);
 //! - JSON merge, JSON and strategic merge patch, server-side apply with conflicts and
 //!   `force`; status subresource semantics; finalizers; propagationPolicy and garbage
-//!   collection by ownerReference; namespace termination; graceful deletion of pods bound
-//!   to a node (they stay terminating until a delete with `gracePeriodSeconds=0`, which is
-//!   what a kubelet sends — the e2e pod runner plays that part).
+//!   collection by ownerReference; namespace termination; a new namespace gets the
+//!   `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap; graceful deletion of
+//!   pods bound to a node (they stay terminating until a delete with
+//!   `gracePeriodSeconds=0`, which is what a kubelet sends — the e2e pod runner plays that
+//!   part); immutable fields (Secret type, workload selectors, immutable ConfigMaps and
+//!   Secrets).
 //!
-//! Known differences: pages of a list after the first show the objects as they are now, not
-//! the first page's snapshot (see [`paging`]); no authentication or RBAC on the API itself (TokenReview
-//! and SubjectAccessReview answer what the test set); OpenAPI v3 lists operations but no
-//! schemas (enough for kubectl's server-side validation check; `/openapi/v2` is 404); only the storage version of a CRD is
-//! kept (other served versions see the same object with another apiVersion, no conversion);
-//! protobuf is never served; garbage collection and namespace termination finish inside the
-//! deleting request rather than shortly after it.
+//! Known differences:
+//!
+//! - no controllers: a Deployment makes no ReplicaSets or Pods, nothing fills workload
+//!   status (the e2e pod runner does what the tests need);
+//! - pages of a list after the first show the objects as they are now, not the first page's
+//!   snapshot (see [`paging`]);
+//! - no authentication or RBAC on the API itself (TokenReview and SubjectAccessReview answer
+//!   what the test set);
+//! - discovery in the legacy forms only (kubectl falls back from the aggregated form);
+//!   OpenAPI v3 lists operations but no schemas (enough for kubectl's server-side validation
+//!   check; `/openapi/v2` is 404); no `Warning` headers; protobuf is never served;
+//! - field selectors of built-ins accept any field path (the real server a per-kind list);
+//!   CEL validation rules of CRDs are not evaluated;
+//! - only the storage version of a CRD is kept (other served versions see the same object
+//!   with another apiVersion, no conversion);
+//! - garbage collection and namespace termination finish inside the deleting request rather
+//!   than shortly after it.
 //!
 //! # Fidelity: the same tests on a real cluster
 //!
@@ -57,6 +72,7 @@
 //! real cluster. Pointing the variable at `api-emulator serve`'s kubeconfig runs the whole
 //! suite over HTTP, as `tests/fidelity_switch.rs` does for the switch itself.
 
+pub mod admission;
 pub mod apply;
 pub mod crd;
 pub mod discovery;
@@ -73,6 +89,7 @@ pub mod patch;
 pub mod resources;
 pub mod reviews;
 pub mod routes;
+pub mod scale;
 pub mod schema;
 pub mod selector;
 pub mod server;
@@ -118,7 +135,7 @@ pub struct Builder {
 impl Default for Builder {
     fn default() -> Self {
         Builder {
-            history_limit: 100_000,
+            history_limit: 20_000,
             bookmark_interval: Duration::from_secs(1),
         }
     }
@@ -126,7 +143,8 @@ impl Default for Builder {
 
 impl Builder {
     /// How many change events are kept for watches that resume from a resourceVersion;
-    /// older versions get 410 Gone.
+    /// older versions get 410 Gone (default 20 000: each kept event holds a version of its
+    /// object, so this bounds memory in long runs, as etcd's compaction does).
     pub fn history_limit(mut self, events: usize) -> Self {
         self.history_limit = events;
         self

@@ -222,11 +222,15 @@ fn is_label_value(s: &str) -> bool {
         && b.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
-/// The object without metadata and status: what a change of bumps `generation`.
-pub fn spec_part(object: &Value) -> Map<String, Value> {
+/// The part of an object whose change bumps `generation`: everything but metadata, and but
+/// status when status is a subresource (a custom resource without one bumps on status too).
+pub fn spec_part(res: &ResourceInfo, object: &Value) -> Map<String, Value> {
     let mut rest = object.as_object().cloned().unwrap_or_default();
-    for k in ["metadata", "status", "apiVersion", "kind"] {
+    for k in ["metadata", "apiVersion", "kind"] {
         rest.remove(k);
+    }
+    if res.status_subresource || res.builtin {
+        rest.remove("status");
     }
     rest
 }

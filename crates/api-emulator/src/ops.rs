@@ -7,6 +7,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::admission::{
+    admit_custom, check_event, check_finalizers, check_immutable, check_namespace, check_type,
+    ensure_object,
+};
 use crate::apply::Apply;
 use crate::error::ApiError;
 use crate::fields::{self, Scope};
@@ -49,7 +53,8 @@ impl Target {
         }
     }
 
-    fn api_version(&self) -> String {
+    /// `group/version` of the request.
+    pub fn api_version(&self) -> String {
         self.res.api_version(&self.version)
     }
 }
@@ -65,6 +70,8 @@ pub struct WriteOptions {
     pub dry_run: bool,
     /// `force=true` for apply.
     pub force: bool,
+    /// `fieldValidation=Strict`: unknown fields are an error.
+    pub strict_fields: bool,
 }
 
 /// The object as seen through `version` (apiVersion and kind set).
@@ -73,96 +80,6 @@ pub fn present(res: &ResourceInfo, version: &str, object: &Value) -> Value {
     o["apiVersion"] = json!(res.api_version(version));
     o["kind"] = json!(res.kind);
     o
-}
-
-/// Refuses bodies whose shape the metadata rules cannot work on (the real server fails to
-/// decode them: 400), and gives a body without metadata an empty one.
-fn ensure_object(body: &mut Value) -> Result<(), ApiError> {
-    let bad = |what: &str| Err(ApiError::BadRequest(what.to_string()));
-    let Some(obj) = body.as_object_mut() else {
-        return bad("the body must be a JSON object");
-    };
-    let meta = obj
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Default::default()));
-    if meta.is_null() {
-        *meta = Value::Object(Default::default());
-    }
-    let Some(meta) = meta.as_object() else {
-        return bad("metadata must be an object");
-    };
-    for key in ["labels", "annotations"] {
-        match meta.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(m)) if m.values().all(Value::is_string) => {}
-            Some(_) => return bad(&format!("metadata.{key} must be a map of strings")),
-        }
-    }
-    match meta.get("finalizers") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
-        Some(_) => return bad("metadata.finalizers must be a list of strings"),
-    }
-    match meta.get("ownerReferences") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(a)) if a.iter().all(Value::is_object) => {}
-        Some(_) => return bad("metadata.ownerReferences must be a list of objects"),
-    }
-    Ok(())
-}
-
-fn check_type(t: &Target, body: &Value) -> Result<(), ApiError> {
-    if let Some(kind) = body.get("kind").and_then(Value::as_str)
-        && kind != t.res.kind
-    {
-        return Err(ApiError::BadRequest(format!(
-            "the kind in the body ({kind}) does not match the kind of the resource ({})",
-            t.res.kind
-        )));
-    }
-    if let Some(av) = body.get("apiVersion").and_then(Value::as_str)
-        && av != t.api_version()
-    {
-        return Err(ApiError::BadRequest(format!(
-            "the API version in the data ({av}) does not match the expected API version ({})",
-            t.api_version()
-        )));
-    }
-    Ok(())
-}
-
-fn check_namespace(store: &Store, t: &Target, body: &mut Value) -> Result<(), ApiError> {
-    if !t.res.namespaced {
-        if let Some(m) = body["metadata"].as_object_mut() {
-            m.remove("namespace");
-        }
-        return Ok(());
-    }
-    match body["metadata"]["namespace"].as_str() {
-        Some(ns) if !ns.is_empty() && ns != t.namespace => {
-            return Err(ApiError::BadRequest(
-                "the namespace of the provided object does not match the namespace sent on \
-                 the request"
-                    .into(),
-            ));
-        }
-        _ => body["metadata"]["namespace"] = json!(t.namespace),
-    }
-    let ns_key: ResourceKey = (String::new(), "namespaces".into());
-    match store.get(&ns_key, "", &t.namespace) {
-        None => Err(ApiError::not_found("", "namespaces", &t.namespace)),
-        Some(ns) if !ns["metadata"]["deletionTimestamp"].is_null() => Err(ApiError::Conflict {
-            message: format!(
-                "{} \"{}\" is forbidden: unable to create new content in namespace {} because \
-                 it is being terminated",
-                t.res.plural,
-                body["metadata"]["name"].as_str().unwrap_or_default(),
-                t.namespace
-            ),
-            details: Value::Null,
-        }),
-        Some(_) => Ok(()),
-    }
 }
 
 /// Creates an object (POST to a collection).
@@ -200,6 +117,7 @@ fn create_with(
     meta::validate_name(&t.res, &name)?;
     meta::validate_labels(&t.res, &name, &body)?;
     meta::validate_owner_references(&t.res, &name, &body)?;
+    check_event(t, &name, &body)?;
     let key = t.key();
     if store.get(&key, &t.namespace, &name).is_some() {
         return Err(ApiError::already_exists(&t.res.group, &t.res.plural, &name));
@@ -229,7 +147,7 @@ fn create_with(
         o.remove("status");
     }
     meta::apply_defaults(&t.res, &mut body, true);
-    admit_custom(t, &name, &mut body)?;
+    admit_custom(t, &name, &mut body, o.strict_fields)?;
     match managed {
         Some(m) if !m.is_null() => body["metadata"]["managedFields"] = m,
         _ => {
@@ -259,21 +177,48 @@ fn create_with(
         return Ok(present(&t.res, &t.version, &body));
     }
     let stored = store.put(&key, body);
-    gc::collect_if_orphaned(store, &(key, t.namespace.clone(), name));
+    gc::collect_if_orphaned(store, &(key, t.namespace.clone(), name.clone()));
+    if t.res.builtin && t.res.group.is_empty() && t.res.plural == "namespaces" {
+        populate_namespace(store, &name);
+    }
     Ok(present(&t.res, &t.version, &stored))
 }
 
-/// Prunes, defaults and validates a custom resource against its CRD's schema.
-fn admit_custom(t: &Target, name: &str, object: &mut Value) -> Result<(), ApiError> {
-    let Some(schema) = t.res.schema.as_ref().filter(|_| !t.res.builtin) else {
-        return Ok(());
-    };
-    let causes = crate::structural::admit(schema, object);
-    if causes.is_empty() {
-        return Ok(());
+/// What the real cluster's controllers put in every new namespace: the `default`
+/// ServiceAccount and the `kube-root-ca.crt` ConfigMap (empty here: the emulator serves no
+/// TLS).
+fn populate_namespace(store: &mut Store, namespace: &str) {
+    let fixtures = [
+        (
+            "serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+        ),
+        (
+            "configmaps",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": ""}}),
+        ),
+    ];
+    for (plural, object) in fixtures {
+        let Some(res) = store.registry.lookup("", "v1", plural) else {
+            continue;
+        };
+        let t = Target {
+            res,
+            version: "v1".into(),
+            namespace: namespace.to_string(),
+            name: String::new(),
+            status: false,
+        };
+        let opts = WriteOptions {
+            field_manager: "kube-controller-manager".into(),
+            explicit_manager: true,
+            ..Default::default()
+        };
+        // A fresh namespace has neither; nothing can fail but a bug.
+        if let Err(e) = create(store, &t, object, &opts) {
+            tracing::warn!("populating namespace {namespace}: {e}");
+        }
     }
-    let kind = format!("{}.{}", t.res.kind, t.res.group);
-    Err(ApiError::invalid(&t.res.group, &kind, name, &causes))
 }
 
 fn is_crd(res: &ResourceInfo) -> bool {
@@ -386,23 +331,20 @@ pub fn patch(
     body: &[u8],
     o: &WriteOptions,
 ) -> Result<Value, ApiError> {
-    let parse_json = |b: &[u8]| -> Result<Value, ApiError> {
-        serde_json::from_slice(b).map_err(|e| ApiError::BadRequest(format!("invalid patch: {e}")))
-    };
     let old = store.get(&t.key(), &t.namespace, &t.name).cloned();
-    if type_ == PatchType::Apply {
-        let config: Value = serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?;
-        return apply(store, t, old, config, o);
-    }
-    let old = old.ok_or_else(|| ApiError::not_found(&t.res.group, &t.res.plural, &t.name))?;
-    let mut new = crate::events::outbound(&t.res, &old);
-    match type_ {
-        PatchType::Merge => patch::merge_patch(&mut new, &parse_json(body)?),
-        PatchType::Json => patch::json_patch(&mut new, &parse_json(body)?)?,
-        PatchType::Strategic => patch::strategic_merge(&t.res, &mut new, &parse_json(body)?)?,
-        PatchType::Apply => unreachable!("handled above"),
-    }
+    let (old, new) = match (type_, old) {
+        (PatchType::Apply, old) => {
+            let config: Value = serde_yaml::from_slice(body)
+                .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?;
+            return apply(store, t, old, config, o);
+        }
+        (_, None) => return Err(ApiError::not_found(&t.res.group, &t.res.plural, &t.name)),
+        (_, Some(old)) => {
+            let mut new = crate::events::outbound(&t.res, &old);
+            patch::patch_object(&t.res, type_, &mut new, body)?;
+            (old, new)
+        }
+    };
     let new = crate::events::inbound(&t.res, new);
     commit_update(store, t, &old, new, o, Ownership::Update)
 }
@@ -539,9 +481,12 @@ fn commit_update(
     }
     meta::validate_labels(&t.res, &t.name, &new)?;
     meta::validate_owner_references(&t.res, &t.name, &new)?;
-    admit_custom(t, &t.name, &mut new)?;
+    admit_custom(t, &t.name, &mut new, o.strict_fields)?;
     check_finalizers(t, old, &new)?;
-    if t.res.has_generation && meta::spec_part(&new) != meta::spec_part(old) {
+    if !t.status {
+        check_immutable(t, old, &new)?;
+    }
+    if t.res.has_generation && meta::spec_part(&t.res, &new) != meta::spec_part(&t.res, old) {
         let g = old["metadata"]["generation"].as_i64().unwrap_or(0);
         new["metadata"]["generation"] = json!(g + 1);
     }
@@ -595,31 +540,4 @@ fn without_times(v: &Value) -> Value {
         }
     }
     v
-}
-
-fn check_finalizers(t: &Target, old: &Value, new: &Value) -> Result<(), ApiError> {
-    if old["metadata"]["deletionTimestamp"].is_null() {
-        return Ok(());
-    }
-    let list = meta::finalizers;
-    let before = list(old);
-    let added: Vec<String> = list(new)
-        .into_iter()
-        .filter(|f| !before.contains(f))
-        .collect();
-    if added.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            &t.res.group,
-            &t.res.kind,
-            &t.name,
-            &[(
-                "metadata.finalizers".into(),
-                format!(
-                    "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
-                ),
-            )],
-        ))
-    }
 }

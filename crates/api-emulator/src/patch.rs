@@ -42,6 +42,30 @@ impl PatchType {
     }
 }
 
+/// Applies a merge, JSON or strategic merge patch (the request body) to `target`.
+/// Server-side apply is not a patch of the object but a merge of configurations: see
+/// [`crate::apply`].
+pub fn patch_object(
+    res: &ResourceInfo,
+    type_: PatchType,
+    target: &mut Value,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid patch: {e}")))?;
+    match type_ {
+        PatchType::Merge => merge_patch(target, &patch),
+        PatchType::Json => json_patch(target, &patch)?,
+        PatchType::Strategic => strategic_merge(res, target, &patch)?,
+        PatchType::Apply => {
+            return Err(ApiError::BadRequest(
+                "an applied configuration is merged by server-side apply, not patched".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Applies a JSON merge patch.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
     json_patch::merge(target, patch);

@@ -17,6 +17,18 @@ pub struct PrinterColumn {
     pub json_path: String,
 }
 
+/// The fields behind a `/scale` subresource, as simple JSON paths (`.spec.replicas`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalePaths {
+    /// Desired replicas.
+    pub spec_replicas: String,
+    /// Observed replicas.
+    pub status_replicas: String,
+    /// Where the selector string is, for custom resources; built-ins derive it from
+    /// `spec.selector`.
+    pub label_selector: Option<String>,
+}
+
 /// One served resource. Objects are stored once per (group, plural) whatever version they are
 /// read through, as the real apiserver stores one version per resource.
 #[derive(Debug, Clone)]
@@ -48,6 +60,8 @@ pub struct ResourceInfo {
     /// Whether a delete returns the deleted object (else a `Status`), as the real server
     /// does per resource.
     pub returns_deleted_object: bool,
+    /// Where the `/scale` subresource reads and writes, if the resource has one.
+    pub scale: Option<ScalePaths>,
     /// CRD printer columns, empty for built-ins.
     pub printer_columns: Vec<PrinterColumn>,
     /// The CRD's `openAPIV3Schema` per version, for list types in server-side apply.
@@ -305,6 +319,11 @@ impl Registry {
                 builtin: true,
                 create_only,
                 returns_deleted_object: bi.returns_object,
+                scale: (bi.plural == "deployments").then(|| ScalePaths {
+                    spec_replicas: ".spec.replicas".into(),
+                    status_replicas: ".status.replicas".into(),
+                    label_selector: None,
+                }),
                 printer_columns: vec![],
                 schema: None,
             });

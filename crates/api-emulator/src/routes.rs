@@ -172,10 +172,11 @@ impl Emulator {
         {
             return Err(not_found_path());
         }
-        let (name, status) = match tail {
-            [] => ("", false),
-            [name] => (*name, false),
-            [name, "status"] if res.status_subresource => (*name, true),
+        let (name, status, scale) = match tail {
+            [] => ("", false, false),
+            [name] => (*name, false, false),
+            [name, "status"] if res.status_subresource => (*name, true, false),
+            [name, "scale"] if res.scale.is_some() => (*name, false, true),
             _ => return Err(not_found_path()),
         };
         let t = Target {
@@ -203,7 +204,14 @@ impl Emulator {
             explicit_manager: query.contains_key("fieldManager"),
             dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
             force: flag("force"),
+            strict_fields: query.get("fieldValidation").is_some_and(|v| v == "Strict"),
         };
+        if scale {
+            let ct = header_str(req, header::CONTENT_TYPE);
+            let mut store = self.inner.store.lock();
+            let v = crate::scale::serve(&mut store, &t, &method, &ct, req.body(), &write_opts)?;
+            return Ok(json_response(StatusCode::OK, &v));
+        }
         let created = |v: Value| Ok(json_response(StatusCode::CREATED, &v));
         let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
         match (method, name.is_empty()) {
@@ -286,26 +294,9 @@ impl Emulator {
                 let fields =
                     FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s), &res)?;
                 let mut store = self.inner.store.lock();
-                let list = ops::list(&store, &t, &labels, &fields, &Page::default())?;
-                let mut deleted = Vec::new();
-                for item in list["items"].as_array().into_iter().flatten() {
-                    let item_t = Target {
-                        namespace: item["metadata"]["namespace"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .into(),
-                        name: item["metadata"]["name"].as_str().unwrap_or_default().into(),
-                        ..t.clone()
-                    };
-                    crate::gc::delete(&mut store, &item_t, &opts)?;
-                    deleted.push(item.clone());
-                }
-                ok(json!({
-                    "kind": format!("{}List", res.kind),
-                    "apiVersion": res.api_version(version),
-                    "metadata": {"resourceVersion": store.current_rv().to_string()},
-                    "items": deleted,
-                }))
+                ok(crate::gc::delete_collection(
+                    &mut store, &t, &labels, &fields, &opts,
+                )?)
             }
             _ => Err(ApiError::MethodNotAllowed(
                 "the server does not allow this method on the requested resource".into(),
@@ -329,7 +320,6 @@ impl Emulator {
         Ok(Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::TRANSFER_ENCODING, "chunked")
             .body(BodyExt::boxed_unsync(StreamBody::new(stream)))
             .expect("valid response"))
     }

@@ -96,3 +96,61 @@ fn crd_list_type(schema: &Value, path: &[&str]) -> ListType {
 fn map(keys: &[&str]) -> ListType {
     ListType::Map(keys.iter().map(|k| k.to_string()).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+    use serde_json::json;
+
+    fn crd_resource() -> ResourceInfo {
+        let crd = json!({
+            "metadata": {"name": "things.example.com"},
+            "spec": {
+                "group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "things", "kind": "Thing"},
+                "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {"spec": {"type": "object", "properties": {
+                        "ports": {"type": "array", "x-kubernetes-list-type": "map",
+                                  "x-kubernetes-list-map-keys": ["port", "protocol"],
+                                  "items": {"type": "object", "properties": {
+                                      "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+                                  }}},
+                        "args": {"type": "array", "items": {"type": "string"}},
+                    }}},
+                }}}],
+            },
+        });
+        crate::crd::resource_from_crd(&crd).unwrap()
+    }
+
+    #[rstest]
+    #[case(&["spec", "ports"], map(&["port", "protocol"]))]
+    #[case(&["spec", "ports", "tags"], ListType::Set)]
+    #[case(&["spec", "args"], ListType::Atomic)]
+    #[case(&["metadata", "finalizers"], ListType::Set)]
+    #[case(&["metadata", "ownerReferences"], map(&["uid"]))]
+    fn custom_resource_list_types_come_from_the_schema(
+        #[case] path: &[&str],
+        #[case] expected: ListType,
+    ) {
+        assert_eq!(list_type(&crd_resource(), path), expected);
+    }
+
+    #[rstest]
+    #[case("deployments", &["spec", "template", "spec", "containers"], map(&["name"]))]
+    #[case("deployments", &["spec", "template", "spec", "containers", "ports"], map(&["containerPort", "protocol"]))]
+    #[case("services", &["spec", "ports"], map(&["port", "protocol"]))]
+    #[case("deployments", &["spec", "template", "spec", "tolerations"], ListType::Atomic)]
+    #[case("deployments", &["spec", "template", "spec", "containers", "args"], ListType::Atomic)]
+    fn built_in_list_types(
+        #[case] plural: &str,
+        #[case] path: &[&str],
+        #[case] expected: ListType,
+    ) {
+        let registry = crate::resources::Registry::with_builtins();
+        let res = registry.all().find(|r| r.plural == plural).unwrap();
+        assert_eq!(list_type(res, path), expected);
+    }
+}

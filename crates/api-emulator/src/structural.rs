@@ -7,29 +7,45 @@ use serde_json::{Map, Value};
 
 use crate::meta::strings;
 
+/// What admission found.
+#[derive(Debug, Default, PartialEq)]
+pub struct Admission {
+    /// Why the object is invalid, as (field, message); empty when valid.
+    pub causes: Vec<(String, String)>,
+    /// The fields pruned because the schema does not declare them (`spec.foo`), which
+    /// `fieldValidation=Strict` refuses.
+    pub unknown: Vec<String>,
+}
+
 /// Prunes, defaults and validates `object` (a whole custom resource) against `schema` (the
-/// version's `openAPIV3Schema`). Returns the causes of invalidity as (field, message).
-pub fn admit(schema: &Value, object: &mut Value) -> Vec<(String, String)> {
+/// version's `openAPIV3Schema`).
+pub fn admit(schema: &Value, object: &mut Value) -> Admission {
     let Some(props) = schema["properties"].as_object() else {
-        return vec![];
+        return Admission::default();
     };
     let Some(obj) = object.as_object_mut() else {
-        return vec![];
+        return Admission::default();
     };
     let mut causes = Vec::new();
+    let mut unknown = Vec::new();
     for (k, v) in obj.iter_mut() {
         if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
             continue;
         }
         if let Some(s) = props.get(k) {
-            prune(s, v);
+            prune(s, v, k, &mut unknown);
             default(s, v);
         }
     }
     // Top-level fields the schema does not know go, unless it keeps unknown fields.
     if !preserves_unknown(schema) {
         obj.retain(|k, _| {
-            matches!(k.as_str(), "apiVersion" | "kind" | "metadata") || props.contains_key(k)
+            let known =
+                matches!(k.as_str(), "apiVersion" | "kind" | "metadata") || props.contains_key(k);
+            if !known {
+                unknown.push(k.clone());
+            }
+            known
         });
     }
     obj.retain(|k, v| !(v.is_null() && props.get(k).is_some_and(|s| !nullable(s))));
@@ -51,7 +67,7 @@ pub fn admit(schema: &Value, object: &mut Value) -> Vec<(String, String)> {
             causes.push((r, "Required value".into()));
         }
     }
-    causes
+    Admission { causes, unknown }
 }
 
 fn preserves_unknown(s: &Value) -> bool {
@@ -62,33 +78,46 @@ fn nullable(s: &Value) -> bool {
     s["nullable"].as_bool() == Some(true)
 }
 
-fn prune(s: &Value, v: &mut Value) {
+/// Removes what the schema does not declare, recording each removed field's path.
+fn prune(s: &Value, v: &mut Value, path: &str, unknown: &mut Vec<String>) {
     match v {
         Value::Object(map) => {
             if let Some(props) = s["properties"].as_object() {
                 if !preserves_unknown(s) {
-                    map.retain(|k, _| props.contains_key(k));
+                    map.retain(|k, _| {
+                        let known = props.contains_key(k);
+                        if !known {
+                            unknown.push(format!("{path}.{k}"));
+                        }
+                        known
+                    });
                 }
                 map.retain(|k, x| !(x.is_null() && props.get(k).is_some_and(|p| !nullable(p))));
                 for (k, x) in map.iter_mut() {
                     if let Some(p) = props.get(k) {
-                        prune(p, x);
+                        prune(p, x, &format!("{path}.{k}"), unknown);
                     }
                 }
             } else if s["additionalProperties"].is_object() {
-                for x in map.values_mut() {
-                    prune(&s["additionalProperties"], x);
+                for (k, x) in map.iter_mut() {
+                    prune(
+                        &s["additionalProperties"],
+                        x,
+                        &format!("{path}.{k}"),
+                        unknown,
+                    );
                 }
             } else if !preserves_unknown(s)
                 && s["type"].as_str() == Some("object")
                 && !s["additionalProperties"].is_boolean()
             {
+                unknown.extend(map.keys().map(|k| format!("{path}.{k}")));
                 map.clear();
             }
         }
         Value::Array(items) => {
-            for x in items {
-                prune(&s["items"], x);
+            for (i, x) in items.iter_mut().enumerate() {
+                prune(&s["items"], x, &format!("{path}[{i}]"), unknown);
             }
         }
         _ => {}
@@ -309,7 +338,9 @@ mod tests {
             "status": {"anything": {"goes": 1}},
             "extra": true,
         });
-        assert!(admit(&schema(), &mut o).is_empty());
+        let admission = admit(&schema(), &mut o);
+        assert!(admission.causes.is_empty());
+        assert_eq!(admission.unknown, ["spec.unknown", "extra"]);
         assert_eq!(
             o,
             json!({
@@ -324,6 +355,7 @@ mod tests {
     fn reports_every_invalid_field() {
         let mut o = json!({"spec": {"interval": "often", "mode": "c", "labels": {"k": 1}}});
         let fields: Vec<String> = admit(&schema(), &mut o)
+            .causes
             .into_iter()
             .map(|(f, _)| f)
             .collect();

@@ -37,6 +37,12 @@ async fn namespaced_builtin_round_trips(
     obj["apiVersion"] = json!(ar.api_version);
     obj["kind"] = json!(kind);
     obj["metadata"] = json!({"name": "x"});
+    // An Event's object must be in the Event's namespace (the real server checks).
+    for field in ["involvedObject", "regarding"] {
+        if obj.get(field).is_some() {
+            obj[field]["namespace"] = json!(env.namespace);
+        }
+    }
     let obj: DynamicObject = serde_json::from_value(obj).unwrap();
     let created = api.create(&PostParams::default(), &obj).await.unwrap();
     assert_eq!(created.types.unwrap().kind, kind);
@@ -125,4 +131,80 @@ async fn service_defaults_and_a_kept_cluster_ip() {
         .await
         .unwrap();
     assert_eq!(replaced.spec.unwrap().cluster_ip, Some(ip));
+}
+
+#[tokio::test]
+async fn immutable_fields_are_422() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Patch, PatchParams};
+    let env = common::env().await;
+    let secrets: Api<Secret> = env.api();
+    let s: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {}}))
+            .unwrap();
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    let r = secrets
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"type": "kubernetes.io/tls"})),
+        )
+        .await;
+    assert_eq!(common::reason(r).0, 422);
+
+    let frozen: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "frozen"}, "immutable": true, "data": {"a": "1"}}),
+    )
+    .unwrap();
+    let cms: Api<ConfigMap> = env.api();
+    cms.create(&PostParams::default(), &frozen).await.unwrap();
+    let r = cms
+        .patch(
+            "frozen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"a": "2"}})),
+        )
+        .await;
+    assert_eq!(common::reason(r).0, 422);
+    // Metadata stays writable.
+    cms.patch(
+        "frozen",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+    )
+    .await
+    .unwrap();
+
+    let deploys: Api<Deployment> = env.api();
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "d"}, "spec": {
+        "selector": {"matchLabels": {"a": "b"}},
+        "template": {"metadata": {"labels": {"a": "b", "c": "d"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}},
+    }}))
+    .unwrap();
+    deploys.create(&PostParams::default(), &d).await.unwrap();
+    let r = deploys
+        .patch(
+            "d",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"selector": {"matchLabels": {"c": "d"}}}})),
+        )
+        .await;
+    assert_eq!(common::reason(r).0, 422);
+}
+
+#[tokio::test]
+async fn a_new_namespace_has_its_default_service_account() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let env = common::env().await;
+    let sas: Api<ServiceAccount> = env.api();
+    common::eventually("the default ServiceAccount", || async {
+        sas.get("default").await.is_ok()
+    })
+    .await;
+    let cms: Api<ConfigMap> = env.api();
+    common::eventually("the root CA ConfigMap", || async {
+        cms.get("kube-root-ca.crt").await.is_ok()
+    })
+    .await;
 }

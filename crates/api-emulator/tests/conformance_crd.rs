@@ -77,7 +77,29 @@ async fn crd_created_as_an_object_is_served_and_discovered() {
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
         }
     }
-    assert_eq!(created.expect("created").data["spec"]["size"], 3);
+    let created = created.expect("created");
+    assert_eq!(created.data["spec"]["size"], 3);
+    assert_eq!(created.metadata.generation, Some(1));
+    // Without a status subresource, status is part of what generation counts.
+    let patched = widgets
+        .patch(
+            "w1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"ready": true}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.data["status"]["ready"], true);
+    assert_eq!(patched.metadata.generation, Some(2));
+    let labelled = widgets
+        .patch(
+            "w1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(labelled.metadata.generation, Some(2));
 
     let discovery = Discovery::new(env.client.clone()).run().await.unwrap();
     assert!(discovery.groups().any(|g| {

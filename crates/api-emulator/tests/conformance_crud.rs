@@ -248,3 +248,39 @@ async fn malformed_metadata_is_400() {
         assert_eq!(common::reason(r).0, 400, "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_read_modify_write_loses_no_update() {
+    let env = common::env().await;
+    let cms: Api<ConfigMap> = env.api();
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "counter"}, "data": {"n": "0"}}))
+            .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let writers = 8;
+    let tasks: Vec<_> = (0..writers)
+        .map(|_| {
+            let cms = cms.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut c = cms.get("counter").await.unwrap();
+                    let data = c.data.as_mut().unwrap();
+                    let n: u32 = data["n"].parse().unwrap();
+                    data.insert("n".into(), (n + 1).to_string());
+                    match cms.replace("counter", &PostParams::default(), &c).await {
+                        Ok(_) => break,
+                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        cms.get("counter").await.unwrap().data.unwrap()["n"],
+        writers.to_string()
+    );
+}

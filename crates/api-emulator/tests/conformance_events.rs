@@ -64,3 +64,19 @@ async fn recorder_events_are_core_events_too() {
         Some("emu-test-controller")
     );
 }
+
+#[tokio::test]
+async fn an_event_about_another_namespace_is_422() {
+    let env = common::env().await;
+    let core: Api<CoreEvent> = env.api();
+    let e: CoreEvent = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "e"},
+        "involvedObject": {"kind": "Pod", "name": "p", "namespace": "elsewhere"},
+        "reason": "R", "message": "m",
+    }))
+    .unwrap();
+    assert_eq!(
+        common::reason(core.create(&PostParams::default(), &e).await),
+        (422, "Invalid".into())
+    );
+}

@@ -390,3 +390,51 @@ async fn an_owner_reference_without_uid_is_422() {
         422
     );
 }
+
+#[tokio::test]
+async fn a_terminating_namespace_refuses_new_content_with_403() {
+    let env = common::env().await;
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    let name = format!("{}-term", env.namespace);
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), &name);
+    let held: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}),
+    )
+    .unwrap();
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    namespaces
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    common::eventually("the held object is being deleted", || async {
+        cms.get("held")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    })
+    .await;
+    let ns = namespaces.get(&name).await.unwrap();
+    assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Terminating"));
+    let new: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "new"}})).unwrap();
+    assert_eq!(
+        common::reason(cms.create(&PostParams::default(), &new).await),
+        (403, "Forbidden".into())
+    );
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    common::eventually("namespace gone", || common::is_gone(&namespaces, &name)).await;
+}

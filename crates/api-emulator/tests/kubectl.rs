@@ -206,3 +206,70 @@ async fn kubectl_get_watch_follows_changes() {
     assert_eq!(words[1][..3], ["ADDED", "db", "w"], "{seen:?}");
     assert_eq!(words[2][..3], ["DELETED", "db", "w"], "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_refuses_fields_the_schema_does_not_declare() {
+    let mut env = common::env().await;
+    let kc = env.kubeconfig().await;
+    let ns = env.namespace.clone();
+    let typo = "
+apiVersion: hsm.j5t.io/v1alpha1
+kind: HSMSecret
+metadata:
+  name: typo
+spec:
+  secretNmae: x
+";
+    let (ok, out) = kubectl(&kc, &ns, &["apply", "-f", "-"], Some(typo)).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("strict decoding error") && out.contains("spec.secretNmae"),
+        "{out}"
+    );
+    // Without strict validation the field is dropped.
+    let (ok, out) = kubectl(
+        &kc,
+        &ns,
+        &["apply", "--validate=false", "-f", "-"],
+        Some(typo),
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(
+        &kc,
+        &ns,
+        &["get", "hsmsecret", "typo", "-o", "jsonpath={.spec}"],
+        None,
+    )
+    .await;
+    assert!(ok && !out.contains("secretNmae"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_scale_writes_the_replicas_through_the_scale_subresource() {
+    let mut env = common::env().await;
+    let kc = env.kubeconfig().await;
+    let ns = env.namespace.clone();
+    let deployment = "
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: main, image: busybox}]
+";
+    let (ok, out) = kubectl(&kc, &ns, &["apply", "-f", "-"], Some(deployment)).await;
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(&kc, &ns, &["scale", "deployment/web", "--replicas=3"], None).await;
+    assert!(ok && out.contains("scaled"), "{out}");
+    let deploys: kube::Api<k8s_openapi::api::apps::v1::Deployment> = env.api();
+    let scale = deploys.get_scale("web").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(3));
+    assert_eq!(scale.status.unwrap().selector.as_deref(), Some("app=web"));
+    assert_eq!(deploys.get("web").await.unwrap().spec.replicas, Some(3));
+}
