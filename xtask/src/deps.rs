@@ -66,6 +66,7 @@ pub fn ensure() -> Result<()> {
         args.extend(&missing);
         apt(&args)?;
     }
+    ensure_kubectl()?;
     let nextest = Command::new("cargo")
         .args(["nextest", "--version"])
         .output()
@@ -78,6 +79,43 @@ pub fn ensure() -> Result<()> {
             "cargo",
             &["install", "--locked", "cargo-nextest"],
         )?;
+    }
+    Ok(())
+}
+
+fn has_kubectl() -> bool {
+    Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// kubectl, for the tests that run it against the API emulator. Debian 12 does not package
+/// it: installed from whatever apt source offers `kubectl` (the Kubernetes project's
+/// repository, as on the build machines), else the caller is told how to get it.
+fn ensure_kubectl() -> Result<()> {
+    if has_kubectl() {
+        return Ok(());
+    }
+    eprintln!("kubectl is missing; trying apt-get install kubectl");
+    let (program, prefix): (&str, &[&str]) = if is_root() {
+        ("apt-get", &[])
+    } else {
+        ("sudo", &["apt-get"])
+    };
+    let _ = Command::new(program)
+        .args(prefix)
+        .args(["install", "-y", "-qq", "kubectl"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
+    if !has_kubectl() {
+        bail!(
+            "kubectl is needed (the API emulator's tests run it) and Debian 12 does not package \
+             it: add the Kubernetes apt repository (https://pkgs.k8s.io, see \
+             https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/) and run \
+             `apt-get install kubectl`, or put a kubectl binary on PATH"
+        );
     }
     Ok(())
 }
