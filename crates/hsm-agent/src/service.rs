@@ -5,8 +5,8 @@
 //! `Internal` otherwise. Token calls run on blocking threads; reads run concurrently and the
 //! store serialises writes. Listing, checksums and the index never touch the token.
 //!
-//! A write whose token fails under it (pulled, reset) may or may not have been applied: the
-//! store's recovery decides once the token is back. The service waits for that, up to a
+//! A write or delete whose token fails under it (pulled, reset) may or may not have been
+//! applied: the store's recovery decides once the token is back. The service waits for that, up to a
 //! bound, and answers with what happened, so that an error always means the old value stands
 //! and success means the new one does.
 //!
@@ -107,35 +107,29 @@ impl AgentService {
             .map_err(|e| Status::internal(format!("agent task failed: {e}")))
     }
 
-    /// Writes, and when the token fails during the write, answers with the write's real
-    /// outcome once recovery has decided it (see the module's doc).
-    async fn write_settled(
+    /// Runs a change of secret `path`, and when the token fails during it, answers with its
+    /// real outcome once recovery has decided it (see the module's doc): `Some` with the
+    /// operation's result, or `None` when recovery applied it.
+    async fn settled<R: Send + 'static>(
         &self,
         path: String,
-        data: hsm_store::SecretData,
-        change: MetadataChange,
-    ) -> Result<bool, Status> {
-        let expected = Expected {
-            data: data.clone(),
-            metadata: match &change {
-                MetadataChange::Replace(m) => Some(m.clone()),
-                _ => None,
-            },
-        };
-        // Whether the write reached the token at all: a device that was not connected
-        // wrote nothing, and its error stands as it is.
+        expected: Expected,
+        operation: impl FnOnce(&DeviceStore, &str) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<Option<R>, Status> {
+        // Whether the change reached the token at all: a device that was not connected
+        // changed nothing, and its error stands as it is.
         let started = Arc::new(AtomicBool::new(false));
         let (name, flag) = (path.clone(), started.clone());
-        let written = self
+        let done = self
             .on_device(move |store| {
                 flag.store(true, Ordering::SeqCst);
-                store.write(&name, &data, change)
+                operation(store, &name)
             })
             .await?;
-        match written {
-            Ok(outcome) => Ok(outcome.changed),
+        match done {
+            Ok(result) => Ok(Some(result)),
             Err(e) if started.load(Ordering::SeqCst) && may_have_written(&e) => {
-                self.settle(path, expected, e).await.map(|()| true)
+                self.settle(path, expected, e).await.map(|()| None)
             }
             Err(e) => Err(status(e)),
         }
@@ -161,9 +155,7 @@ impl AgentService {
                 .await?;
             match found {
                 Ok(found) => {
-                    return if found
-                        .is_some_and(|(data, metadata)| expected.matches(&data, metadata.as_ref()))
-                    {
+                    return if expected.applied(found) {
                         tracing::info!(secret = %path, "a write interrupted by the token's loss was applied by its recovery");
                         Ok(())
                     } else {
@@ -189,19 +181,34 @@ impl AgentService {
 }
 
 /// What an interrupted write would have left, to tell whether recovery applied it.
-struct Expected {
-    data: hsm_store::SecretData,
-    /// The metadata it set, when it replaced the metadata.
-    metadata: Option<hsm_store::SecretMetadata>,
+enum Expected {
+    /// A write: these values, and this metadata when it replaced the metadata.
+    Written {
+        data: hsm_store::SecretData,
+        metadata: Option<hsm_store::SecretMetadata>,
+    },
+    /// A delete of the whole secret.
+    Deleted,
+    /// A delete of one key.
+    KeyDeleted(String),
 }
 
 impl Expected {
-    fn matches(
+    /// Whether the secret as found (values and metadata, or nothing) shows the change.
+    fn applied(
         &self,
-        data: &hsm_store::SecretData,
-        metadata: Option<&hsm_store::SecretMetadata>,
+        found: Option<(hsm_store::SecretData, Option<hsm_store::SecretMetadata>)>,
     ) -> bool {
-        *data == self.data && self.metadata.as_ref().is_none_or(|m| metadata == Some(m))
+        match self {
+            Expected::Written { data, metadata } => found.is_some_and(|(now, now_metadata)| {
+                now == *data
+                    && metadata
+                        .as_ref()
+                        .is_none_or(|m| now_metadata.as_ref() == Some(m))
+            }),
+            Expected::Deleted => found.is_none(),
+            Expected::KeyDeleted(key) => found.is_none_or(|(now, _)| !now.contains_key(key)),
+        }
     }
 }
 
@@ -337,7 +344,20 @@ impl HsmAgent for AgentService {
             .into_iter()
             .map(|(k, v)| (k, hsm_store::SecretValue::new(v)))
             .collect();
-        if self.write_settled(path, data, change).await? {
+        let expected = Expected::Written {
+            data: data.clone(),
+            metadata: match &change {
+                MetadataChange::Replace(m) => Some(m.clone()),
+                _ => None,
+            },
+        };
+        let outcome = self
+            .settled(path, expected, move |store, name| {
+                store.write(name, &data, change)
+            })
+            .await?;
+        // Applied by recovery: a change, as far as watchers can tell.
+        if outcome.is_none_or(|o| o.changed) {
             self.wrote();
         }
         Ok(Response::new(WriteSecretResponse {}))
@@ -361,11 +381,15 @@ impl HsmAgent for AgentService {
     ) -> Reply<DeleteSecretResponse> {
         let DeleteSecretRequest { path, key } = request.into_inner();
         validate::read_path(&path).map_err(bad)?;
-        self.blocking(move |store| {
+        let expected = match key.is_empty() {
+            true => Expected::Deleted,
+            false => Expected::KeyDeleted(key.clone()),
+        };
+        self.settled(path, expected, move |store, name| {
             if key.is_empty() {
-                store.delete(&path)
+                store.delete(name)
             } else {
-                store.delete_key(&path, &key)
+                store.delete_key(name, &key)
             }
         })
         .await?;

@@ -155,35 +155,94 @@ async fn try_read(client: &mut Client, name: &str) -> Option<u32> {
     )
 }
 
-/// Reads until the agent answers (it recovers from a pulled card on its own).
-async fn read_when_back(client: &mut Client, name: &str) -> u32 {
+/// What a secret holds once the agent answers again: its round, or `None` when it is gone.
+async fn state_when_back(client: &mut Client, name: &str) -> Option<u32> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(round) = try_read(client, name).await {
-            return round;
+            return Some(round);
+        }
+        let gone = client
+            .read_secret(ReadSecretRequest { path: name.into() })
+            .await
+            .is_err_and(|e| e.code() == tonic::Code::NotFound);
+        if gone {
+            return None;
         }
         assert!(Instant::now() < deadline, "{name} never became readable");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// The card pulled after every APDU of one gRPC overwrite, and plugged back in once pcscd has
-/// seen it gone: an acknowledged write reads back new, a failed one old, never anything else.
-/// (The stream test below shows the same at random points; this one covers every point.)
-async fn every_pull_during_a_grpc_write(shard: u64) {
+/// A change made through the agent while the card is pulled under it.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    /// Round 1 overwritten by round 2.
+    Overwrite,
+    /// The secret deleted.
+    Delete,
+}
+
+impl Change {
+    /// Sends it; true when the agent acknowledged it.
+    async fn send(self, client: &mut Client) -> bool {
+        match self {
+            Change::Overwrite => client.write_secret(write("s", 2)).await.is_ok(),
+            Change::Delete => client
+                .delete_secret(hsm_proto::v1::DeleteSecretRequest {
+                    path: "s".into(),
+                    key: String::new(),
+                })
+                .await
+                .is_ok(),
+        }
+    }
+
+    /// What the secret holds once the change is applied.
+    fn applied(self) -> Option<u32> {
+        match self {
+            Change::Overwrite => Some(2),
+            Change::Delete => None,
+        }
+    }
+}
+
+/// The card pulled after every APDU of one gRPC change, and plugged back in once pcscd has
+/// seen it gone: an acknowledged change reads back applied, a failed one left the old value,
+/// never anything else. (The stream test below shows the same at random points; this one
+/// covers every point.)
+async fn every_pull_during(change: Change, shards: u64, shard: u64) {
     let fixture = Arc::new(PicoFixture::start().unwrap());
     let state = tempfile::tempdir().unwrap();
-    let (_device, mut client) = serve(state.path()).await;
+    let (device, mut client) = serve(state.path()).await;
     client.write_secret(write("s", 1)).await.unwrap();
     let prepared = fixture.card.card();
     let before = fixture.card.apdu_count();
-    client.write_secret(write("s", 2)).await.unwrap();
+    assert!(change.send(&mut client).await);
     let apdus = fixture.card.apdu_count() - before;
-    assert!(apdus > 10, "an overwrite took {apdus} APDUs");
+    assert!(apdus > 5, "{change:?} took {apdus} APDUs");
     let (mut old, mut new) = (0, 0);
-    for cut in (1..=apdus).filter(|cut| cut % 2 == shard) {
+    let mut connections = device.connections();
+    for cut in (1..=apdus).filter(|cut| cut % shards == shard) {
         fixture.replug(prepared.clone()).unwrap();
-        assert_eq!(read_when_back(&mut client, "s").await, 1);
+        // The card in the reader is another one now: let the agent find out, as its health
+        // probe does (an answer from its index alone would not touch the card).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(
+            tokio::task::spawn_blocking({
+                let device = device.clone();
+                move || device.probe()
+            })
+            .await
+            .unwrap(),
+            Readiness::Ready
+        ) || device.connections() < connections + 1
+        {
+            assert!(Instant::now() < deadline, "the agent never reconnected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        connections = device.connections();
+        assert_eq!(state_when_back(&mut client, "s").await, Some(1));
         fixture.card.drop_after(cut);
         let plug_back = {
             let fixture = fixture.clone();
@@ -195,26 +254,32 @@ async fn every_pull_during_a_grpc_write(shard: u64) {
                 fixture.card.insert();
             })
         };
-        let acknowledged = client.write_secret(write("s", 2)).await.is_ok();
+        let acknowledged = change.send(&mut client).await;
         plug_back.join().unwrap();
-        let now = read_when_back(&mut client, "s").await;
+        let now = state_when_back(&mut client, "s").await;
+        let what = format!("{change:?} pulled after APDU {cut}/{apdus}");
         match acknowledged {
-            true => assert_eq!(now, 2, "acknowledged, pulled after APDU {cut}/{apdus}"),
-            false => assert_eq!(now, 1, "failed, pulled after APDU {cut}/{apdus}"),
+            true => assert_eq!(now, change.applied(), "acknowledged, {what}"),
+            false => assert_eq!(now, Some(1), "failed, {what}"),
         }
         if acknowledged { new += 1 } else { old += 1 }
     }
-    assert!(old > 0 && new > 0, "old {old} new {new}");
+    assert!(old > 0 && new > 0, "{change:?}: old {old} new {new}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_pull_during_a_grpc_write_even_apdus() {
-    every_pull_during_a_grpc_write(0).await;
+    every_pull_during(Change::Overwrite, 2, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_pull_during_a_grpc_write_odd_apdus() {
-    every_pull_during_a_grpc_write(1).await;
+    every_pull_during(Change::Overwrite, 2, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_pull_during_a_grpc_delete() {
+    every_pull_during(Change::Delete, 1, 0).await;
 }
 
 /// The card pulled and plugged back in during a stream of gRPC writes and reads: reads never

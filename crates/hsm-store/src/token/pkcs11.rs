@@ -10,7 +10,7 @@ use crate::error::{Result, StoreError};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use parking_lot::Mutex;
@@ -403,12 +403,27 @@ impl Token for Pkcs11Token {
         })
     }
 
+    /// The token's description, and a health check: the token info alone still answers
+    /// after a card was pulled and another (or the same) plugged in, so a session is asked
+    /// too. It is gone, or no longer logged in, after such a swap: token lost.
     fn info(&self) -> Result<TokenInfo, TokenError> {
-        self.module
+        let info = self
+            .module
             .ctx
             .get_token_info(self.slot)
             .map(|i| token_info(&i))
-            .map_err(|e| map_error("C_GetTokenInfo", e))
+            .map_err(|e| map_error("C_GetTokenInfo", e))?;
+        let state = self.with_session("C_GetSessionInfo", |s| s.get_session_info())?;
+        if !matches!(
+            state.session_state(),
+            SessionState::RwUser | SessionState::RoUser
+        ) {
+            return Err(TokenError {
+                call: "C_GetSessionInfo",
+                kind: TokenErrorKind::TokenLost,
+            });
+        }
+        Ok(info)
     }
 }
 
