@@ -10,6 +10,7 @@
 
 use crate::card::Card;
 use crate::vpcd::VirtualCard;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +67,30 @@ impl std::fmt::Debug for PicoFixture {
     }
 }
 
+/// Prefix of the fixtures' temporary directories, followed by the process id.
+const DIR_PREFIX: &str = "virtual-pico-";
+
+/// Removes the directories of fixtures whose process is gone: a killed test cannot clean up
+/// (its pcscd dies with it, see `PR_SET_PDEATHSIG` below, but its directory stays).
+fn sweep_dead_process_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if pid.bytes().all(|b| b.is_ascii_digit())
+            && !pid.is_empty()
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn free_port() -> Result<u16, FixtureError> {
     // vpcd opens the port and the next one (two readers).
     for _ in 0..50 {
@@ -114,8 +139,9 @@ impl PicoFixture {
             let what = what.to_owned();
             move |e: std::io::Error| FixtureError::Step(format!("{what}: {e}"))
         };
+        sweep_dead_process_dirs();
         let dir = tempfile::Builder::new()
-            .prefix("virtual-pico-")
+            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
             .map_err(step("temporary directory"))?;
         let (run, readers) = (dir.path().join("run"), dir.path().join("readers"));
@@ -136,13 +162,25 @@ impl PicoFixture {
             run.display(),
             readers.display()
         );
-        let pcscd = Command::new("unshare")
+        let mut command = Command::new("unshare");
+        command
             .args(["--mount", "--propagation", "private", "sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(step("starting pcscd"))?;
+            .stderr(Stdio::null());
+        // pcscd dies with the thread that started it, even when the fixture is never dropped
+        // (a test that panics while another thread still holds it, or a killed test
+        // process). `unshare` and `sh` exec in place, so the setting reaches pcscd.
+        // SAFETY: the closure runs between fork and exec and makes one prctl system call,
+        // which is async-signal-safe; it touches no memory of the parent.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let pcscd = command.spawn().map_err(step("starting pcscd"))?;
         let socket = run.join("pcscd.comm");
         let card = match saved {
             Some(path) => VirtualCard::start_saved(port, path, SERIAL)
@@ -224,6 +262,16 @@ impl PicoFixture {
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(())
+    }
+
+    /// pcscd's process id.
+    pub fn pcscd_pid(&self) -> u32 {
+        self.pcscd.id()
+    }
+
+    /// The fixture's temporary directory (pcscd's socket, reader and OpenSC configuration).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The private OpenSC configuration (what `OPENSC_CONF` names).
