@@ -40,19 +40,8 @@ pub fn ensure() -> Result<()> {
         .collect();
     if !missing.is_empty() {
         eprintln!("installing Debian packages: {}", missing.join(" "));
-        let (program, prefix): (&str, &[&str]) = if is_root() {
-            ("apt-get", &[])
-        } else {
-            ("sudo", &["apt-get"])
-        };
         let apt = |args: &[&str]| -> Result<()> {
-            let status = Command::new(program)
-                .args(prefix)
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .with_context(|| format!("cannot run {program}"))?;
-            if !status.success() {
+            if !apt_get(args)? {
                 bail!(
                     "apt-get {} failed; install these packages by hand: {}",
                     args.join(" "),
@@ -83,6 +72,22 @@ pub fn ensure() -> Result<()> {
     Ok(())
 }
 
+/// Runs `apt-get` (through sudo when not root), non-interactively; true when it succeeded.
+fn apt_get(args: &[&str]) -> Result<bool> {
+    let (program, prefix): (&str, &[&str]) = if is_root() {
+        ("apt-get", &[])
+    } else {
+        ("sudo", &["apt-get"])
+    };
+    let status = Command::new(program)
+        .args(prefix)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    Ok(status.success())
+}
+
 fn has_kubectl() -> bool {
     Command::new("kubectl")
         .args(["version", "--client"])
@@ -99,16 +104,8 @@ fn ensure_kubectl() -> Result<()> {
         return Ok(());
     }
     eprintln!("kubectl is missing; trying apt-get install kubectl");
-    let (program, prefix): (&str, &[&str]) = if is_root() {
-        ("apt-get", &[])
-    } else {
-        ("sudo", &["apt-get"])
-    };
-    let _ = Command::new(program)
-        .args(prefix)
-        .args(["install", "-y", "-qq", "kubectl"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status();
+    // No apt source may offer it: the check below says what to do then.
+    let _ = apt_get(&["install", "-y", "-qq", "kubectl"]);
     if !has_kubectl() {
         bail!(
             "kubectl is needed (the API emulator's tests run it) and Debian 12 does not package \

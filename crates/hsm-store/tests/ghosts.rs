@@ -4,19 +4,13 @@
 //! reads, writes and deletes around them. (The end-to-end case, the card pulled during
 //! every write, is in `atomicity.rs`.)
 
+mod common;
+
+use common::values;
 use hsm_store::layout::{APPLICATION, value_label};
 use hsm_store::token::Token;
 use hsm_store::{MemoryToken, MetadataChange, SecretStore, Store, StoreError, secret_data};
 use std::sync::Arc;
-
-fn values(store: &dyn SecretStore, name: &str) -> Vec<(String, Vec<u8>)> {
-    store
-        .read(name)
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.expose().to_vec()))
-        .collect()
-}
 
 #[test]
 fn a_ghost_never_stops_the_store() {

@@ -161,18 +161,8 @@ impl VirtualCard {
 
     /// Waits until the reader has the card, up to `timeout`.
     pub fn wait_connected(&self, timeout: Duration) -> bool {
-        self.wait_until(timeout, VirtualCard::is_connected)
-    }
-
-    /// Waits until pcscd has recognised the card ([`VirtualCard::is_recognised`]), up to
-    /// `timeout`.
-    pub fn wait_recognised(&self, timeout: Duration) -> bool {
-        self.wait_until(timeout, VirtualCard::is_recognised)
-    }
-
-    fn wait_until(&self, timeout: Duration, ready: fn(&VirtualCard) -> bool) -> bool {
         let deadline = std::time::Instant::now() + timeout;
-        while !ready(self) {
+        while !self.is_connected() {
             if std::time::Instant::now() >= deadline {
                 return false;
             }
@@ -257,49 +247,74 @@ fn run(port: u16, shared: &Shared) {
 /// next talks to it: a card plugged back in before pcscd's next poll would otherwise look as
 /// if it had never left, and pcscd would not power it up again.
 fn refuse_presence_poll(mut stream: TcpStream, shared: &Shared) {
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+    let _ = stream.set_read_timeout(Some(IDLE_POLL));
     while !shared.stop.load(Ordering::SeqCst) && !shared.inserted.load(Ordering::SeqCst) {
-        let mut length = [0u8; 2];
-        match stream.read_exact(&mut length) {
-            Ok(()) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
-            Err(_) => return,
+        match read_frame(&mut stream) {
+            Frame::Idle => continue,
+            Frame::Closed => return,
+            Frame::Message(message) => {
+                if message == [4] {
+                    shared.absence_noticed.store(true, Ordering::SeqCst);
+                }
+                // Hanging up (dropping the stream) fails whatever vpcd asked.
+                return;
+            }
         }
-        let mut message = vec![0u8; u16::from_be_bytes(length) as usize];
-        if stream.read_exact(&mut message).is_ok() && message == [4] {
-            shared.absence_noticed.store(true, Ordering::SeqCst);
+    }
+}
+
+/// How long a read waits for vpcd before the card looks at its controls again.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// What one read from vpcd gave.
+enum Frame {
+    /// Nothing within [`IDLE_POLL`].
+    Idle,
+    /// The connection is gone, or a message stopped half-way.
+    Closed,
+    /// A control byte or a command APDU.
+    Message(Vec<u8>),
+}
+
+/// Reads one length-prefixed vpcd message from a stream whose read timeout is
+/// [`IDLE_POLL`].
+fn read_frame(stream: &mut TcpStream) -> Frame {
+    let mut length = [0u8; 2];
+    match stream.read_exact(&mut length) {
+        Ok(()) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            return Frame::Idle;
         }
-        // Hanging up (dropping the stream) fails whatever vpcd asked.
-        return;
+        Err(_) => return Frame::Closed,
+    }
+    // vpcd sends length and body in two writes and, under Nagle, holds the body until the
+    // length is acknowledged: acknowledge it now, not after the ~40 ms delayed ACK. Quick
+    // ACK is not sticky, so it is set again after every read.
+    quick_ack(stream);
+    let mut message = vec![0u8; u16::from_be_bytes(length) as usize];
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let read = stream.read_exact(&mut message);
+    let _ = stream.set_read_timeout(Some(IDLE_POLL));
+    quick_ack(stream);
+    match read {
+        Ok(()) => Frame::Message(message),
+        Err(_) => Frame::Closed,
     }
 }
 
 /// Answers the reader until the card is removed, dropped, stopped or the reader goes away.
 fn serve(mut stream: TcpStream, shared: &Shared) {
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+    let _ = stream.set_read_timeout(Some(IDLE_POLL));
     loop {
         if shared.stop.load(Ordering::SeqCst) || !shared.inserted.load(Ordering::SeqCst) {
             return;
         }
-        let mut length = [0u8; 2];
-        match stream.read_exact(&mut length) {
-            Ok(()) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
-            Err(_) => return,
-        }
-        // vpcd sends length and body in two writes and, under Nagle, holds the body until
-        // the length is acknowledged: acknowledge it now, not after the ~40 ms delayed ACK.
-        // Quick ACK is not sticky, so it is set again after every read.
-        quick_ack(&stream);
-        let mut message = vec![0u8; u16::from_be_bytes(length) as usize];
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let read = stream.read_exact(&mut message);
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
-        if read.is_err() {
-            return;
-        }
-        quick_ack(&stream);
+        let message = match read_frame(&mut stream) {
+            Frame::Idle => continue,
+            Frame::Closed => return,
+            Frame::Message(message) => message,
+        };
         let reply = match message.as_slice() {
             [command @ 0..=2] => {
                 shared.card.lock().expect("card").reset();

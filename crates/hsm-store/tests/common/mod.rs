@@ -3,7 +3,7 @@
 
 use hsm_store::testing::SoftHsm;
 use hsm_store::token::{InstrumentedToken, MemoryToken, Token};
-use hsm_store::{Pkcs11Token, Store};
+use hsm_store::{Pkcs11Token, SecretStore, Store};
 use std::sync::Arc;
 
 /// Which token a test runs on.
@@ -76,4 +76,14 @@ impl Fresh {
             _ => None,
         }
     }
+}
+
+/// A secret's keys and values as plain bytes, in key order.
+pub fn values(store: &dyn SecretStore, name: &str) -> Vec<(String, Vec<u8>)> {
+    store
+        .read(name)
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.expose().to_vec()))
+        .collect()
 }
