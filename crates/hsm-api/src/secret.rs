@@ -75,6 +75,22 @@ pub struct HSMSecretSpec {
     /// Seconds between checks of the HSM when `autoSync` is on.
     #[serde(default = "default_sync_interval")]
     pub sync_interval: i32,
+    /// Workloads in this namespace to restart (as `kubectl rollout restart` does) when the
+    /// Secret's content changes. Not in the Go operator; optional, so its manifests apply
+    /// unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout_restart_targets: Vec<RolloutRestartTarget>,
+}
+
+/// A workload restarted when the Secret's content changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestartTarget {
+    /// `Deployment`, `StatefulSet` or `DaemonSet` (checked by the operator, which reports
+    /// any other kind on the HSMSecret's status).
+    pub kind: String,
+    /// Its name, in the HSMSecret's namespace.
+    pub name: String,
 }
 
 /// Where the replica stands.

@@ -1,0 +1,14 @@
+//! The manager of hsm-secrets-operator: it keeps Kubernetes Secrets as read-only replicas
+//! of what the HSMs hold.
+//!
+//! - [`agents`]: one device's agent as a port trait, the gRPC client (mTLS) implementing it,
+//!   and the pool that follows every device's index through its change stream.
+//! - [`resolve`]: which device's copy wins when devices disagree (pure).
+//! - [`secret`]: the HSMSecret controller (dereference → build → apply → status).
+//! - [`pki`]: the CA and certificates of manager↔agent mTLS, as Secrets, renewed in time.
+//! - [`leader`]: leader election on a Lease; [`telemetry`]: metrics and probes.
+//! - [`cli`] and [`run`]: the `--mode=manager` command line and the wiring.
+
+pub mod agents;
+pub mod cli;
+pub mod resolve;
