@@ -11,4 +11,8 @@
 
 pub mod agents;
 pub mod cli;
+pub mod leader;
 pub mod resolve;
+pub mod run;
+pub mod secret;
+pub mod telemetry;

@@ -2,7 +2,9 @@
 
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
-    let _cli = hsm_operator::cli::Cli::parse();
-    anyhow::bail!("the manager is being assembled")
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = hsm_operator::cli::Cli::parse();
+    hsm_operator::telemetry::init_tracing(&cli.log_level);
+    hsm_operator::run::run(cli).await
 }

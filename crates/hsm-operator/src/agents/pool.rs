@@ -106,15 +106,14 @@ impl DeviceSlot {
     }
 
     /// A secret's metadata record, read from the agent only when the entry changed since the
-    /// last read.
-    pub async fn metadata(&self, name: &str) -> Result<SecretMetadata, AgentError> {
+    /// last read; with whether the agent was asked.
+    pub async fn metadata(&self, name: &str) -> Result<(SecretMetadata, bool), AgentError> {
         let version = self.state.read().entries.get(name).map(|e| e.version);
-        if let Some(version) = version {
-            if let Some((cached, metadata)) = self.state.read().metadata.get(name) {
-                if *cached == version {
-                    return Ok(metadata.clone());
-                }
-            }
+        if let Some(version) = version
+            && let Some((cached, metadata)) = self.state.read().metadata.get(name)
+            && *cached == version
+        {
+            return Ok((metadata.clone(), false));
         }
         let metadata = self.agent.metadata(name).await?;
         if let Some(version) = version {
@@ -123,7 +122,7 @@ impl DeviceSlot {
                 .metadata
                 .insert(name.to_owned(), (version, metadata.clone()));
         }
-        Ok(metadata)
+        Ok((metadata, true))
     }
 
     fn set_health(&self, health: DeviceHealth, pool: &Shared) {
@@ -237,6 +236,7 @@ impl std::ops::Deref for Devices {
 pub struct AgentPool {
     devices: Arc<Devices>,
     shared: Arc<Shared>,
+    health_interval: Duration,
 }
 
 impl Default for AgentPool {
@@ -254,32 +254,58 @@ impl AgentPool {
                 changes: broadcast::channel(4096).0,
                 progress: watch::Sender::new(0),
             }),
+            health_interval: HEALTH_INTERVAL,
         }
     }
 
-    /// Follows `agent` as device `key`, replacing any agent the key had.
+    /// Sets how often followers ask their agent whether its token session works (before any
+    /// device is inserted).
+    pub fn with_health_interval(mut self, interval: Duration) -> Self {
+        self.health_interval = interval;
+        self
+    }
+
+    /// Follows `agent` as device `key`. An agent replacing another under the same key (new
+    /// address, renewed TLS material) takes over what was known, so syncs carry on from the
+    /// same index and health while the new connection is made.
     pub fn insert(&self, key: &str, agent: Arc<dyn AgentApi>) {
-        let slot = Arc::new(DeviceSlot {
-            key: key.to_owned(),
-            agent,
-            state: RwLock::new(DeviceState {
+        let mut devices = self.devices.write();
+        let old = devices.remove(key);
+        let state = match &old {
+            Some(old) => {
+                old.stop();
+                let old = old.state.read();
+                DeviceState {
+                    serial: old.serial.clone(),
+                    health: old.health.clone(),
+                    entries: old.entries.clone(),
+                    metadata: old.metadata.clone(),
+                }
+            }
+            None => DeviceState {
                 serial: String::new(),
                 health: DeviceHealth::Connecting,
                 entries: Arc::default(),
                 metadata: HashMap::new(),
-            }),
+            },
+        };
+        let slot = Arc::new(DeviceSlot {
+            key: key.to_owned(),
+            agent,
+            state: RwLock::new(state),
             follower: parking_lot::Mutex::new(None),
         });
-        let task = tokio::spawn(follow(Arc::downgrade(&slot), self.shared.clone()));
+        let task = tokio::spawn(follow(
+            Arc::downgrade(&slot),
+            self.shared.clone(),
+            self.health_interval,
+        ));
         *slot.follower.lock() = Some(task);
-        let old = self.devices.write().insert(key.to_owned(), slot);
-        let names = old
-            .map(|old| {
-                old.stop();
-                old.state.read().entries.keys().cloned().collect()
-            })
-            .unwrap_or_default();
-        self.shared.announce(key, names);
+        devices.insert(key.to_owned(), slot);
+        drop(devices);
+        if old.is_none() {
+            self.shared.announce(key, BTreeSet::new());
+        }
     }
 
     /// Stops following device `key`.
@@ -335,11 +361,11 @@ impl AgentPool {
 
 /// Follows one device until its slot is dropped: snapshot, stream, and on any failure a new
 /// snapshot after a backoff.
-async fn follow(slot: std::sync::Weak<DeviceSlot>, shared: Arc<Shared>) {
+async fn follow(slot: std::sync::Weak<DeviceSlot>, shared: Arc<Shared>, health_interval: Duration) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let Some(device) = slot.upgrade() else { return };
-        match follow_once(&device, &shared).await {
+        match follow_once(&device, &shared, health_interval).await {
             // A resync asked for: take a new snapshot at once.
             Ok(()) => backoff = MIN_BACKOFF,
             Err(error) => {
@@ -358,20 +384,24 @@ async fn follow(slot: std::sync::Weak<DeviceSlot>, shared: Arc<Shared>) {
 }
 
 /// One snapshot and the stream after it, until the agent asks for a resync (`Ok`) or fails.
-async fn follow_once(device: &DeviceSlot, shared: &Shared) -> Result<(), AgentError> {
+async fn follow_once(
+    device: &DeviceSlot,
+    shared: &Shared,
+    health_interval: Duration,
+) -> Result<(), AgentError> {
     let snapshot = device.agent.index().await?;
     let since = snapshot.version;
     let mut stream = device.agent.changes(since).await?;
     device.take_snapshot(snapshot, shared);
-    let mut health = tokio::time::interval(HEALTH_INTERVAL);
+    let mut health = tokio::time::interval(health_interval);
     loop {
         tokio::select! {
             event = stream.next() => {
                 let event = event.ok_or(AgentError::StreamEnded)??;
-                if let Some(event) = event.event {
-                    if !device.apply(event, shared) {
-                        return Ok(());
-                    }
+                if let Some(event) = event.event
+                    && !device.apply(event, shared)
+                {
+                    return Ok(());
                 }
             }
             _ = health.tick() => {
