@@ -368,6 +368,14 @@ fn apply(
             "PATCH, application/apply-patch+yaml requires a non-empty fieldManager".into(),
         ));
     }
+    // As the real server does, an applied configuration may leave out the name: the URL's.
+    if config["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .is_empty()
+    {
+        config["metadata"]["name"] = Value::String(t.name.clone());
+    }
     let name = config["metadata"]["name"].as_str().unwrap_or_default();
     if name != t.name {
         return Err(ApiError::BadRequest(format!(

@@ -296,3 +296,15 @@ async fn apply_without_field_manager_is_400() {
     let r = env.client.request::<ConfigMap>(req).await;
     assert_eq!(common::reason(r).0, 400);
 }
+
+#[tokio::test]
+async fn an_applied_configuration_without_a_name_takes_the_urls() {
+    let env = common::env().await;
+    let api: Api<ConfigMap> = env.api();
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"x": "1"}});
+    let c = apply(&api, "alpha", false, body).await.unwrap();
+    assert_eq!(c.metadata.name.as_deref(), Some("c"));
+    let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d"}});
+    let err = apply(&api, "alpha", false, other).await.unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
+}
