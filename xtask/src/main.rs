@@ -4,6 +4,7 @@
 //!   lists and reads a secret through `hsmctl`, saying what it did.
 //! * `test`  — installs what the tests need, then runs formatting, lints and the whole suite.
 //! * `bench store` — the store benchmark on SoftHSM2 and on the virtual Pico HSM.
+//! * `bench sync` — the manager syncing HSMSecrets from two agents (latency, reads, memory).
 //! * `crdgen` — regenerates `deploy/crds` from the CRD types.
 //! * `deps`  — only installs what is missing.
 
@@ -74,6 +75,8 @@ enum Bench {
     Store,
     /// The agent's gRPC over mTLS beside the store in-process.
     Agent,
+    /// The manager syncing 1 000 HSMSecrets from two SoftHSM2 agents, then 10 000.
+    Sync,
 }
 
 fn main() -> Result<()> {
@@ -176,6 +179,41 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
                     ],
                 )
             }),
+        Bench::Sync => {
+            run(
+                root,
+                "cargo",
+                &[
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "hsm-operator",
+                    "--bin",
+                    "hsm-operator",
+                ],
+            )?;
+            ["1000", "10000"].iter().try_for_each(|secrets| {
+                run(
+                    root,
+                    "cargo",
+                    &[
+                        "run",
+                        "--release",
+                        "--quiet",
+                        "-p",
+                        "hsm-operator",
+                        "--features",
+                        "test-support",
+                        "--example",
+                        "sync_bench",
+                        "--",
+                        "--secrets",
+                        secrets,
+                    ],
+                )
+            })
+        }
         Bench::Agent => run(
             root,
             "cargo",

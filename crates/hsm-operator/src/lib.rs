@@ -16,3 +16,5 @@ pub mod resolve;
 pub mod run;
 pub mod secret;
 pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod testing;

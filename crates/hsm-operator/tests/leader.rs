@@ -153,6 +153,10 @@ async fn the_other_replica_takes_over_and_no_change_is_written_twice() {
     {
         if let WatchEvent::Modified(secret) = event.unwrap() {
             modified += 1;
+            eprintln!(
+                "modified: {}",
+                serde_json::to_string(&secret.metadata).unwrap()
+            );
             assert_eq!(
                 text_data(&secret)["v"],
                 "2",

@@ -267,7 +267,7 @@ async fn a_lost_agent_leaves_the_last_good_value_and_status_says_why() {
     secret_holds(&cluster.client, "tls", &[("tls.crt", "cert-1")]).await;
 
     // The agent comes back on the same address with the same token: sync resumes.
-    let hsm_token = agent.hsm.clone();
+    let hsm_token = agent.hsm.clone().unwrap();
     let back = TestAgent::start_on(&pki, hsm_token, agent.addr).await;
     status_of(&cluster.client, "tls", "InSync").await;
     hsm_write(&*hsm, "tls", &[("tls.crt", "cert-2")], 2).await;

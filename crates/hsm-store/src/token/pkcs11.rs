@@ -407,6 +407,19 @@ impl Token for Pkcs11Token {
     /// after a card was pulled and another (or the same) plugged in, so a session is asked
     /// too. It is gone, or no longer logged in, after such a swap: token lost.
     fn info(&self) -> Result<TokenInfo, TokenError> {
+        // C_GetSlotInfo asks the reader whether a card is present (OpenSC answers token and
+        // session info from its cache, so a card pulled while idle went unnoticed).
+        let slot = self
+            .module
+            .ctx
+            .get_slot_info(self.slot)
+            .map_err(|e| map_error("C_GetSlotInfo", e))?;
+        if !slot.token_present() {
+            return Err(TokenError {
+                call: "C_GetSlotInfo",
+                kind: TokenErrorKind::TokenLost,
+            });
+        }
         let info = self
             .module
             .ctx
