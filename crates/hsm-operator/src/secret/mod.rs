@@ -50,6 +50,10 @@ pub enum Error {
     /// An agent failed.
     #[error("agent: {0}")]
     Agent(#[source] crate::agents::AgentError),
+    /// What was read from a device is newer than its index entry: the change is being
+    /// announced, and the sync waits for it rather than mixing versions.
+    #[error("the device changed while it was read")]
+    Stale,
 }
 
 impl Error {
@@ -59,6 +63,7 @@ impl Error {
             Error::Kube(_) => "kubernetes",
             Error::Finalizer(_) => "finalizer",
             Error::Agent(e) => e.category(),
+            Error::Stale => "stale",
         }
     }
 }

@@ -28,6 +28,9 @@ pub async fn sync(hsm_secret: &HSMSecret, ctx: &Arc<Context>) -> Result<Action, 
         ),
         Ok(()) => match sync_secret(hsm_secret, ctx).await {
             Ok(done) => done,
+            // The device changed under the reads: its announcement is on its way and
+            // reconciles again; until then nothing is written.
+            Err(Error::Stale) => return Ok(Action::requeue(STALE_RETRY)),
             Err(error) => {
                 let outcome = Outcome::Failed {
                     message: error.to_string(),
@@ -40,6 +43,9 @@ pub async fn sync(hsm_secret: &HSMSecret, ctx: &Arc<Context>) -> Result<Action, 
     write_status(hsm_secret, &outcome, secret_checksum, ctx).await?;
     Ok(next_check(hsm_secret, &outcome))
 }
+
+/// When to look again after reads that raced a change on the device.
+const STALE_RETRY: Duration = Duration::from_millis(200);
 
 /// When to look again without an event: `syncInterval` with autoSync (30 s for 0), never for
 /// an invalid object (its next edit triggers a reconcile).
@@ -108,12 +114,16 @@ async fn apply_winner(
     ctx: &Arc<Context>,
 ) -> Result<(Outcome, Option<String>), Error> {
     let name = hsm_secret.name_any();
-    let slot = devices
+    let winning = devices
         .iter()
         .find(|d| build::device_id(d) == winner.device)
-        .and_then(|d| ctx.pool.device(&d.key))
-        .ok_or_else(|| Error::Agent(crate::agents::AgentError::StreamEnded))?;
+        .ok_or(Error::Stale)?;
+    let slot = ctx.pool.device(&winning.key).ok_or(Error::Stale)?;
+    let entry_version = winning.entries.get(&name).map_or(0, |e| e.sync_version);
     let metadata = cached_metadata(&slot, &name, ctx).await?;
+    if metadata_version(&metadata) != entry_version {
+        return Err(Error::Stale);
+    }
     let current = existing
         .as_ref()
         .filter(|s| build::secret_checksum(s) == winner.checksum);
@@ -127,7 +137,12 @@ async fn apply_winner(
             .collect(),
         None => {
             ctx.metrics.agent_read("read_secret");
-            slot.agent().read(&name).await.map_err(Error::Agent)?
+            let values = slot.agent().read(&name).await.map_err(Error::Agent)?;
+            let read = hsm_store::checksum::checksum(values.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+            if read != winner.checksum {
+                return Err(Error::Stale);
+            }
+            values
         }
     };
     let desired = build::desired_secret(hsm_secret, existing.as_ref(), &values, &metadata);
@@ -192,6 +207,15 @@ async fn apply_winner(
         },
         Some(checksum),
     ))
+}
+
+/// The `sync.version` a metadata record carries (0 when absent), as the index reports it.
+fn metadata_version(metadata: &SecretMetadata) -> i64 {
+    metadata
+        .labels
+        .get(hsm_store::metadata::SYNC_VERSION)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 async fn cached_metadata(
