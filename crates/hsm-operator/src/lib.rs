@@ -11,4 +11,5 @@
 
 pub mod agents;
 pub mod cli;
+pub mod pki;
 pub mod resolve;
