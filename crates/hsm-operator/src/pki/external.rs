@@ -3,7 +3,7 @@
 //! certificate is an error, one merely due for renewal a warning (its manager renews it on
 //! its own schedule, and it still works meanwhile).
 
-use super::certs::{CertInfo, LeafKind, parse_pair};
+use super::certs::{CertInfo, parse_pair};
 use super::secrets::{self, CA_CRT, Stored, TLS_CRT, TLS_KEY};
 use super::{PkiConfig, PkiError, plan};
 use crate::agents::grpc::ClientTls;
@@ -13,8 +13,8 @@ use kube::Api;
 
 /// A leaf as read from a Secret.
 pub struct Leaf {
-    /// The CA to trust (`ca.crt`, or the CA Secret's certificate when absent).
-    pub ca: String,
+    /// The CA to trust: `ca.crt`, or the CA Secret's certificate when absent.
+    pub ca: Option<String>,
     /// `tls.crt`.
     pub cert: String,
     /// `tls.key`, when the Secret has one.
@@ -60,13 +60,9 @@ pub fn inspect(
         });
     }
     warn_if_due(stored, &info, config, ca.map(|c| c.0), now);
-    let ca_pem = match (stored.text(CA_CRT), ca) {
-        (Some(own), _) => own.to_owned(),
-        (None, Some((_, pem))) => pem.to_owned(),
-        (None, None) => stored.require(ns, CA_CRT)?.to_owned(),
-    };
+    let ca_pem = stored.text(CA_CRT).or(ca.map(|c| c.1));
     Ok(Leaf {
-        ca: ca_pem,
+        ca: ca_pem.map(str::to_owned),
         cert: cert.to_owned(),
         key: key.map(str::to_owned),
         info,
@@ -106,10 +102,10 @@ pub async fn read(
     let server = required(&api, config, &config.server_secret).await?;
     inspect(&server, config, None, false, now)?;
     let client = required(&api, config, &config.client_secret).await?;
+    let ca = client.require(&config.namespace, CA_CRT)?.to_owned();
     let leaf = inspect(&client, config, None, true, now)?;
-    tracing::debug!(kind = ?LeafKind::Client, secret = %client.name, "read cert-manager's mTLS material");
     Ok(ClientTls {
-        ca: leaf.ca,
+        ca,
         cert: leaf.cert,
         key: leaf.key.unwrap_or_default(),
     })

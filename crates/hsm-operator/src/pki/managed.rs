@@ -50,7 +50,7 @@ pub async fn ensure(
         let current = secrets::get(&api, &config.namespace, &config.ca_secret).await?;
         if current.and_then(|s| s.resource_version) == ca.resource_version {
             return Ok(ClientTls {
-                ca: server.ca,
+                ca: server.ca.unwrap_or(ca.cert),
                 cert: client.cert,
                 key: client.key.unwrap_or_default(),
             });
@@ -161,7 +161,7 @@ async fn ensure_leaf(
             Ok(info) => {
                 let texts = texts.expect("plan::leaf keeps only an existing leaf");
                 return Ok(Leaf {
-                    ca: ca.cert.clone(),
+                    ca: Some(ca.cert.clone()),
                     cert: texts.cert.unwrap_or_default().to_owned(),
                     key: texts.key.map(str::to_owned),
                     info,
@@ -187,7 +187,7 @@ async fn ensure_leaf(
         ];
         if let Written::Done(_) = secrets::write(api, ns, secrets::build(name, &data, rv)).await? {
             return Ok(Leaf {
-                ca: ca.cert.clone(),
+                ca: Some(ca.cert.clone()),
                 cert: issued.cert,
                 key: Some(issued.key),
                 info,

@@ -151,3 +151,64 @@ pub async fn write(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api() -> (api_emulator::Emulator, Api<Secret>) {
+        let emulator = api_emulator::Emulator::new();
+        let api = Api::namespaced(emulator.client(), "default");
+        (emulator, api)
+    }
+
+    fn done(written: Written) -> Stored {
+        match written {
+            Written::Done(stored) => stored,
+            Written::Lost => panic!("lost"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_second_creator_and_a_stale_replace_lose_without_writing() {
+        let (_emulator, api) = api();
+        let first = build("s", &[(TLS_CRT, "one")], None);
+        let stored = done(write(&api, "default", first.clone()).await.unwrap());
+        assert!(stored.ours());
+        assert!(matches!(
+            write(&api, "default", build("s", &[(TLS_CRT, "two")], None)).await,
+            Ok(Written::Lost)
+        ));
+        let rv = stored.resource_version.clone();
+        let second = done(
+            write(&api, "default", build("s", &[(TLS_CRT, "two")], rv.clone()))
+                .await
+                .unwrap(),
+        );
+        assert_ne!(second.resource_version, rv);
+        // A writer still holding the first version loses.
+        assert!(matches!(
+            write(&api, "default", build("s", &[(TLS_CRT, "three")], rv)).await,
+            Ok(Written::Lost)
+        ));
+        let now = get(&api, "default", "s").await.unwrap().unwrap();
+        assert_eq!(now.text(TLS_CRT), Some("two"));
+        assert_eq!(now.resource_version, second.resource_version);
+    }
+
+    #[test]
+    fn only_our_annotation_makes_a_secret_ours() {
+        let mut secret = build("s", &[], None);
+        assert!(Stored::new(secret.clone()).ours());
+        secret.metadata.annotations = None;
+        assert!(
+            !Stored::new(secret.clone()).ours(),
+            "no annotation: not ours"
+        );
+        secret.metadata.annotations = Some(BTreeMap::from([(
+            annotations::MTLS_MANAGED_BY.to_owned(),
+            "cert-manager".to_owned(),
+        )]));
+        assert!(!Stored::new(secret).ours());
+    }
+}
