@@ -1,6 +1,6 @@
 //! The certificates themselves, with no I/O: issuing the CA and the two leaves with rcgen,
 //! and reading back what a Secret holds (validity, key match, chain) with x509-parser, so
-//! the decisions in [`super::plan`] are plain functions of parsed values.
+//! the decisions in `plan` are plain functions of parsed values.
 
 use super::keys::{self, KeyError};
 use chrono::{DateTime, Months, Utc};

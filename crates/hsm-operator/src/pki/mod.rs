@@ -12,14 +12,15 @@
 //!   first, replace carries the resourceVersion read; the loser reads again.
 //!
 //! Inside: [`certs`] issues and inspects certificates (rcgen, x509-parser), [`keys`] moves
-//! keys between PKCS#8 (rcgen) and SEC1 (`EC PRIVATE KEY`, what the Secrets hold), [`plan`]
-//! decides what to renew (pure), `secrets` and `managed`/`external` are the API edge.
+//! keys between PKCS#8 (rcgen) and SEC1 (`EC PRIVATE KEY`, what the Secrets hold), `plan`
+//! decides what to renew (pure functions), `secrets`, `managed` and `external` are the API
+//! edge.
 
 pub mod certs;
 mod external;
 pub mod keys;
 mod managed;
-pub mod plan;
+mod plan;
 mod secrets;
 
 use crate::agents::grpc::ClientTls;
