@@ -85,18 +85,18 @@ async fn ensure_ca(
             let leaf = external::inspect(s, config, None, false, now)?;
             return Ok(foreign_ca(s, leaf));
         }
-        let reason = match plan::ca(texts(stored.as_ref()), now) {
-            Ok((info, _)) => {
-                let s = stored.expect("plan::ca keeps only an existing CA");
+        let reason = match (stored.as_ref(), plan::ca(texts(stored.as_ref()), now)) {
+            (Some(s), Ok((info, _))) => {
                 return Ok(Ca {
                     cert: s.text(TLS_CRT).unwrap_or_default().to_owned(),
                     key: s.text(TLS_KEY).map(str::to_owned),
-                    resource_version: s.resource_version,
+                    resource_version: s.resource_version.clone(),
                     manager: None,
                     info,
                 });
             }
-            Err(reason) => reason,
+            (None, Ok(_)) => Reason::Missing,
+            (_, Err(reason)) => reason,
         };
         log_new(name, &reason, "creating the mTLS CA");
         let issued = certs::issue_ca(now).map_err(issue_error(name))?;
@@ -157,9 +157,11 @@ async fn ensure_leaf(
             return external::inspect(s, config, ca, kind == LeafKind::Client, now);
         }
         let texts = texts(stored.as_ref());
-        let reason = match plan::leaf(texts, &ca.info, &ca.cert, now, config.renew_before) {
-            Ok(info) => {
-                let texts = texts.expect("plan::leaf keeps only an existing leaf");
+        let reason = match (
+            texts,
+            plan::leaf(texts, &ca.info, &ca.cert, now, config.renew_before),
+        ) {
+            (Some(texts), Ok(info)) => {
                 return Ok(Leaf {
                     ca: Some(ca.cert.clone()),
                     cert: texts.cert.unwrap_or_default().to_owned(),
@@ -167,7 +169,8 @@ async fn ensure_leaf(
                     info,
                 });
             }
-            Err(reason) => reason,
+            (None, Ok(_)) => Reason::Missing,
+            (_, Err(reason)) => reason,
         };
         log_new(name, &reason, "issuing an mTLS certificate");
         let issued = certs::issue_leaf(
