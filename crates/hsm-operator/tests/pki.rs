@@ -614,6 +614,55 @@ async fn rotate_publishes_new_material_after_a_renewal() {
     ticking.abort();
 }
 
+#[tokio::test]
+async fn rotate_retries_after_an_error_and_publishes_once_it_clears() {
+    let (_emulator, client) = cluster().await;
+    let initial = pki::ensure(&client, &config(NS), Utc::now()).await.unwrap();
+    // Someone else's CA without its key: our leaves cannot be signed, every check fails.
+    secrets(&client, NS)
+        .delete(mtls::CA_SECRET, &DeleteParams::default())
+        .await
+        .unwrap();
+    put_foreign(
+        &client,
+        NS,
+        mtls::CA_SECRET,
+        &[("tls.crt", initial.ca.as_str())],
+    )
+    .await;
+    secrets(&client, NS)
+        .delete(mtls::MANAGER_CLIENT_SECRET, &DeleteParams::default())
+        .await
+        .unwrap();
+    let err = pki::ensure(&client, &config(NS), Utc::now())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PkiError::NoCaKey { .. }), "{err}");
+
+    let (tx, mut rx) = tokio::sync::watch::channel(initial.clone());
+    let ticking = tokio::spawn(pki::rotate(
+        client.clone(),
+        config(NS),
+        Duration::from_millis(20),
+        tx,
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !rx.has_changed().unwrap(),
+        "nothing to publish while failing"
+    );
+    // The foreign CA goes away: the next try makes a CA of ours and publishes new material.
+    secrets(&client, NS)
+        .delete(mtls::CA_SECRET, &DeleteParams::default())
+        .await
+        .unwrap();
+    let recovered = changed(&mut rx).await;
+    assert_ne!(recovered.ca, initial.ca);
+    let manager = get(&client, NS, mtls::MANAGER_CLIENT_SECRET).await;
+    assert_eq!(recovered.cert, text(&manager, "tls.crt"));
+    ticking.abort();
+}
+
 mod agent {
     //! A real agent on SoftHSM2 behind its mTLS listener, with the server Secret's files.
 
