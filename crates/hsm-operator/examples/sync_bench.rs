@@ -6,7 +6,9 @@
 use futures::StreamExt;
 use hsm_api::HSMSecret;
 use hsm_operator::agents::AgentApi;
-use hsm_operator::testing::{APPS, OPERATOR_NAME, OPERATOR_NS, TestAgent, cluster, hsm_write, pki};
+use hsm_operator::testing::{
+    APPS, OPERATOR_NAME, OPERATOR_NS, TestAgent, cluster, hsm_write, operator_pki,
+};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -123,16 +125,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     cluster.server.write_kubeconfig(&kubeconfig).unwrap();
-    let pki = pki();
-    let client_secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": hsm_api::names::mtls::MANAGER_CLIENT_SECRET},
-        "stringData": {"ca.crt": pki.client.ca, "tls.crt": pki.client.cert, "tls.key": pki.client.key}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(cluster.client.clone(), OPERATOR_NS)
-        .create(&PostParams::default(), &client_secret)
-        .await
-        .unwrap();
+    let pki = operator_pki(&cluster.client, OPERATOR_NS).await;
     let agents = [TestAgent::start(&pki).await, TestAgent::start(&pki).await];
     let clients: Vec<Arc<dyn AgentApi>> = agents
         .iter()

@@ -12,6 +12,7 @@
 pub mod agents;
 pub mod cli;
 pub mod leader;
+pub mod pki;
 pub mod resolve;
 pub mod run;
 pub mod secret;

@@ -5,11 +5,10 @@ use crate::agents::AgentPool;
 use crate::agents::grpc::{ClientTls, GrpcAgent};
 use crate::cli::{Cli, Mode, bind_address};
 use crate::leader::{LeaseSettings, lead};
+use crate::pki::{self, PkiConfig};
 use crate::secret::{self, build::Identity};
 use crate::telemetry::{Metrics, Readiness, serve_metrics, serve_probes};
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 use std::sync::Arc;
 
 /// Where a pod finds its namespace.
@@ -52,13 +51,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     serve_telemetry(&cli, metrics.clone(), readiness.clone(), pool.clone())?;
 
     let tls = match cli.agent_tls_enabled {
-        true => Some(client_tls(&client, &cli, &namespace).await?),
+        true => Some(start_pki(&client, &cli, &namespace).await?),
         false => None,
     };
-    for (device, url) in &cli.agent_endpoints {
-        let agent = GrpcAgent::new(url, tls.as_ref())
-            .with_context(|| format!("agent {device} at {url}"))?;
-        pool.insert(device, Arc::new(agent));
+    let material = tls.as_ref().map(|t| t.borrow().clone());
+    connect_agents(&pool, &cli.agent_endpoints, material.as_ref())?;
+    if let Some(mut tls) = tls {
+        // Renewed material: reconnect with it; each device keeps its index meanwhile.
+        let (pool, endpoints) = (pool.clone(), cli.agent_endpoints.clone());
+        tokio::spawn(async move {
+            while tls.changed().await.is_ok() {
+                let material = tls.borrow_and_update().clone();
+                if let Err(error) = connect_agents(&pool, &endpoints, Some(&material)) {
+                    tracing::error!(%error, "cannot reconnect the agents with renewed TLS material");
+                }
+            }
+        });
     }
     readiness.set_ready();
 
@@ -112,34 +120,49 @@ fn serve_telemetry(
     Ok(())
 }
 
-/// The manager's client certificate, CA and key from the client Secret.
-async fn client_tls(
+/// The mTLS material: the CA and certificates made or renewed as Secrets (or read, when
+/// cert-manager manages them), and kept current every `--pki-check-interval`.
+async fn start_pki(
     client: &kube::Client,
     cli: &Cli,
     namespace: &str,
-) -> anyhow::Result<ClientTls> {
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get(&cli.agent_tls_client_secret)
-        .await
-        .with_context(|| {
-            format!(
-                "the manager's mTLS Secret {namespace}/{}",
-                cli.agent_tls_client_secret
-            )
-        })?;
-    let field = |key: &str| -> anyhow::Result<String> {
-        let bytes = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .with_context(|| format!("Secret {} has no {key}", cli.agent_tls_client_secret))?;
-        String::from_utf8(bytes.0.clone()).with_context(|| format!("{key} is not PEM text"))
+) -> anyhow::Result<tokio::sync::watch::Receiver<ClientTls>> {
+    let config = PkiConfig {
+        namespace: namespace.to_owned(),
+        ca_secret: cli.agent_tls_ca_secret.clone(),
+        server_secret: cli.agent_tls_server_secret.clone(),
+        client_secret: cli.agent_tls_client_secret.clone(),
+        leaf_validity: cli.agent_tls_leaf_validity,
+        renew_before: cli.agent_tls_renew_before,
+        cert_manager: cli.agent_tls_cert_manager,
     };
-    Ok(ClientTls {
-        ca: field("ca.crt")?,
-        cert: field("tls.crt")?,
-        key: field("tls.key")?,
-    })
+    if config.leaf_validity <= config.renew_before {
+        bail!("--agent-tls-leaf-validity must be longer than --agent-tls-renew-before");
+    }
+    let material = pki::ensure(client, &config, chrono::Utc::now())
+        .await
+        .context("the manager-agent mTLS Secrets")?;
+    let (tx, rx) = tokio::sync::watch::channel(material);
+    tokio::spawn(pki::rotate(
+        client.clone(),
+        config,
+        cli.pki_check_interval,
+        tx,
+    ));
+    Ok(rx)
+}
+
+/// Follows every `--agent-endpoint` with `tls` (or plaintext).
+fn connect_agents(
+    pool: &AgentPool,
+    endpoints: &[(String, String)],
+    tls: Option<&ClientTls>,
+) -> anyhow::Result<()> {
+    for (device, url) in endpoints {
+        let agent = GrpcAgent::new(url, tls).with_context(|| format!("agent {device} at {url}"))?;
+        pool.insert(device, Arc::new(agent));
+    }
+    Ok(())
 }
 
 fn hostname() -> String {

@@ -267,3 +267,33 @@ pub async fn hsm_write(agent: &dyn AgentApi, name: &str, values: &[(&str, &str)]
     };
     agent.write(name, values, metadata).await.unwrap();
 }
+
+/// The operator's own PKI in `namespace`, made as the manager makes it at start (so a
+/// manager started later finds it current and writes nothing), with the agents' side read
+/// from its Secret.
+pub async fn operator_pki(client: &kube::Client, namespace: &str) -> Pki {
+    use hsm_api::names::mtls;
+    let config = crate::pki::PkiConfig {
+        namespace: namespace.to_owned(),
+        ca_secret: mtls::CA_SECRET.into(),
+        server_secret: mtls::AGENT_SERVER_SECRET.into(),
+        client_secret: mtls::MANAGER_CLIENT_SECRET.into(),
+        leaf_validity: Duration::from_secs(2160 * 3600),
+        renew_before: Duration::from_secs(720 * 3600),
+        cert_manager: false,
+    };
+    let client_tls = crate::pki::ensure(client, &config, chrono::Utc::now())
+        .await
+        .unwrap();
+    let server = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
+        .get(mtls::AGENT_SERVER_SECRET)
+        .await
+        .unwrap();
+    let field =
+        |key: &str| String::from_utf8(server.data.as_ref().unwrap()[key].0.clone()).unwrap();
+    Pki {
+        ca_pem: client_tls.ca.clone(),
+        server: (field("tls.crt"), field("tls.key")),
+        client: client_tls,
+    }
+}

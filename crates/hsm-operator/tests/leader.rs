@@ -85,17 +85,7 @@ async fn the_other_replica_takes_over_and_no_change_is_written_twice() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     cluster.server.write_kubeconfig(&kubeconfig).unwrap();
-    let pki = pki();
-    let client_secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": hsm_api::names::mtls::MANAGER_CLIENT_SECRET},
-        "type": "kubernetes.io/tls",
-        "stringData": {"ca.crt": pki.client.ca, "tls.crt": pki.client.cert, "tls.key": pki.client.key}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(cluster.client.clone(), OPERATOR_NS)
-        .create(&PostParams::default(), &client_secret)
-        .await
-        .unwrap();
+    let pki = operator_pki(&cluster.client, OPERATOR_NS).await;
     let agent = TestAgent::start(&pki).await;
     let hsm: Arc<dyn AgentApi> = Arc::new(agent.client(&pki));
     hsm_write(&*hsm, "ha", &[("v", "1")], 1).await;

@@ -138,7 +138,9 @@ async fn apply_winner(
         None => {
             ctx.metrics.agent_read("read_secret");
             let values = slot.agent().read(&name).await.map_err(Error::Agent)?;
-            let read = hsm_store::checksum::checksum(values.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+            let read = hsm_store::checksum::checksum(
+                values.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+            );
             if read != winner.checksum {
                 return Err(Error::Stale);
             }
