@@ -11,6 +11,7 @@
 
 pub mod agents;
 pub mod cli;
+pub mod device;
 pub mod leader;
 pub mod pki;
 pub mod resolve;
