@@ -6,7 +6,7 @@
 //! pool always keeps one open so the login, which belongs to the token, is never lost.
 
 use super::{Handle, NewObject, StoredObject, Token, TokenError, TokenErrorKind, TokenInfo};
-use crate::error::{Result, StoreError};
+use crate::error::{LoadError, Result, StoreError};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
@@ -50,17 +50,17 @@ impl Module {
         if let Some(module) = modules.get(&path) {
             return Ok(module.clone());
         }
-        let load_error = |reason: String| StoreError::ModuleLoad {
+        let load_error = |source: LoadError| StoreError::ModuleLoad {
             path: path.display().to_string(),
-            reason,
+            source,
         };
         if !path.exists() {
-            return Err(load_error("no such file".into()));
+            return Err(load_error(LoadError::Missing));
         }
-        let ctx = Pkcs11::new(&path).map_err(|e| load_error(e.to_string()))?;
+        let ctx = Pkcs11::new(&path).map_err(|e| load_error(LoadError::Library(e)))?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(load_error(format!("C_Initialize: {e}"))),
+            Err(e) => return Err(load_error(LoadError::Initialize(e))),
         }
         let c_string_application = ctx
             .get_library_info()
