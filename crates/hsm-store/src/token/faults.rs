@@ -160,6 +160,15 @@ impl<T: Token> Token for InstrumentedToken<T> {
         self.enter(&self.read, "C_GetAttributeValue")?;
         self.inner.read(handle)
     }
+    fn read_sized(
+        &self,
+        handle: Handle,
+        label_len: usize,
+        value_len: usize,
+    ) -> Result<StoredObject, TokenError> {
+        self.enter(&self.read, "C_GetAttributeValue")?;
+        self.inner.read_sized(handle, label_len, value_len)
+    }
     fn create(&self, object: &NewObject<'_>) -> Result<Handle, TokenError> {
         self.enter(&self.create, "C_CreateObject")?;
         self.inner.create(object)
