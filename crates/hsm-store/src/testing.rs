@@ -318,3 +318,45 @@ impl std::fmt::Display for SpiedCalls {
         write!(f, "{} ({})", self.total(), parts.join(", "))
     }
 }
+
+/// Every form `needle` could take in a log line or message: as text (and its `Debug`), as hex
+/// in either case, as base64 (standard and URL-safe), and as a Rust byte-array `Debug`
+/// (`86, 65, …`, also inside a longer array). Named, for the leak reports of [`leaks`].
+pub fn leak_forms(needle: &[u8]) -> Vec<(&'static str, String)> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let mut forms = vec![
+        ("hex", hex::encode(needle)),
+        ("HEX", hex::encode_upper(needle)),
+        ("base64", STANDARD_NO_PAD.encode(needle)),
+        ("base64url", URL_SAFE_NO_PAD.encode(needle)),
+        (
+            "byte-array Debug",
+            needle
+                .iter()
+                .map(u8::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+    ];
+    if let Ok(text) = std::str::from_utf8(needle) {
+        forms.push(("text", text.to_owned()));
+        forms.push(("Debug", format!("{text:?}")));
+    }
+    forms
+}
+
+/// Every `"<needle's name> as <form>"` found in `text` (see [`leak_forms`]): empty when
+/// nothing leaked. Capture logs without colour (`with_ansi(false)`), or escape codes can split
+/// a value.
+pub fn leaks(text: &str, needles: &[(&str, &[u8])]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (name, needle) in needles {
+        for (form, encoded) in leak_forms(needle) {
+            if text.contains(&encoded) {
+                found.push(format!("{name} as {form}"));
+            }
+        }
+    }
+    found
+}
