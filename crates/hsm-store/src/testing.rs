@@ -360,3 +360,29 @@ pub fn leaks(text: &str, needles: &[(&str, &[u8])]) -> Vec<String> {
     }
     found
 }
+
+/// The variable that marks a benchmark's second run, under [`Pkcs11Spy`].
+const SPIED_RUN: &str = "HSM_BENCH_SPIED_RUN";
+
+/// For benchmarks that count module calls apart from timing (the spy's logging would slow
+/// the timed run): whether this is the spied run.
+pub fn is_spied_run() -> bool {
+    std::env::var_os(SPIED_RUN).is_some()
+}
+
+/// Runs this program again as its spied run ([`is_spied_run`] true there) and returns what it
+/// printed. Panics if it fails.
+pub fn rerun_spied() -> String {
+    let exe = std::env::current_exe().expect("the benchmark's own path");
+    let output = std::process::Command::new(exe)
+        .env(SPIED_RUN, "1")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run the benchmark again under pkcs11-spy");
+    assert!(
+        output.status.success(),
+        "the spied run failed: {}",
+        output.status
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

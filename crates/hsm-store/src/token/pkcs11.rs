@@ -29,6 +29,7 @@ pub struct Module {
     /// OpenSC reads `CKA_APPLICATION` as a NUL-terminated C string and ignores its length:
     /// without a NUL it stores bytes read past the value. On such a module the store writes
     /// the NUL and recognises its objects by comparing what is stored (see [`app_matches`]).
+    /// OpenSC also relabels in place, not atomically (see [`Pkcs11Token::relabel`]).
     c_string_application: bool,
     /// The module's own `C_GetAttributeValue`, for reads whose buffer sizes are known:
     /// cryptoki's `get_attributes` always asks for the sizes first, two calls per read.
@@ -505,7 +506,19 @@ impl Token for Pkcs11Token {
         })
     }
 
+    /// Refused ([`TokenErrorKind::Unsupported`]) on OpenSC: it relabels a data object by
+    /// rewriting the object's description file in place, in one UPDATE BINARY. A card that
+    /// loses power inside that command is left with a description it cannot parse, and the
+    /// object — a write's journal, at its commit — vanishes, with the write's values already
+    /// in place. The store then commits by copying the journal and destroying it, which
+    /// keeps the journal until the copy is whole.
     fn relabel(&self, handle: Handle, label: &str) -> Result<(), TokenError> {
+        if self.module.c_string_application {
+            return Err(TokenError {
+                call: "C_SetAttributeValue",
+                kind: TokenErrorKind::Unsupported,
+            });
+        }
         self.with_session("C_SetAttributeValue", |s| {
             s.update_attributes(
                 object_handle(handle),
