@@ -259,21 +259,9 @@ impl<T: Token> Store<T> {
                 destroyed.insert(*h);
             }
             if resolution.forward && journal.becomes_metadata {
-                // A module without relabelling may have copied the journal into place already,
-                // whole, or torn part way (power lost inside the card's write): a copy that
-                // is not the journal's bytes is no metadata of this write, and would stand
-                // beside the real one under the same label.
+                // A module without relabelling may have copied the journal into place already.
                 let meta_label = metadata_label(&name);
                 let own_digest = value_digest(&object.value);
-                for (h, o) in objects {
-                    if o.label == meta_label
-                        && !destroyed.contains(h)
-                        && value_digest(&o.value) != own_digest
-                    {
-                        self.destroy_tolerant(*h)?;
-                        destroyed.insert(*h);
-                    }
-                }
                 let copied = objects.iter().any(|(h, o)| {
                     !destroyed.contains(h)
                         && o.label == meta_label

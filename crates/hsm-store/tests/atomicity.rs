@@ -526,3 +526,40 @@ fn child_reopens(label: &str, relabel: bool) {
     assert_untouched_and_clean(&store, &open());
     println!("STATE {found:?}");
 }
+
+/// A module that cannot relabel commits a write by copying its journal into place; a copy
+/// torn part way (power lost inside the card's write) stands under the metadata label with
+/// half the journal's bytes. Recovery replaces it with a whole copy: the new secret, with its
+/// metadata.
+#[test]
+fn a_torn_copy_of_a_committing_journal_is_replaced() {
+    use hsm_store::token::{MemoryToken, NewObject};
+    let memory = Arc::new(MemoryToken::new());
+    let token = Arc::new(InstrumentedToken::new(memory.clone()));
+    token.refuse_relabel();
+    let store = Store::open(token.clone()).unwrap();
+    prepare(&store, Op::Create);
+    // Create: three values and the journal (4 calls), the refused relabel, then the copy.
+    token.cut_after(6);
+    run(&store, Op::Create).unwrap_err();
+    drop(store);
+    let journal = memory
+        .find(APPLICATION, None)
+        .unwrap()
+        .into_iter()
+        .map(|h| memory.read(h).unwrap())
+        .find(|o| o.label.starts_with(JOURNAL_PREFIX))
+        .expect("the journal is left");
+    memory
+        .create(&NewObject {
+            label: "s/_metadata",
+            application: APPLICATION,
+            object_id: hsm_store::layout::DataType::Json.oid_der(),
+            value: &journal.value[..journal.value.len() / 2],
+        })
+        .unwrap();
+    let reopened = Store::open(memory.clone()).unwrap();
+    let now = state(&reopened, "s");
+    assert_eq!(now.metadata.map(|m| m.description), Some("new".into()));
+    assert_untouched_and_clean(&reopened, memory.as_ref());
+}
