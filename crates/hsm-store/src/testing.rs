@@ -30,23 +30,6 @@ struct ProcessTokenDir {
 /// Prefix of the per-process token directories, followed by the process id.
 const DIR_PREFIX: &str = "hsm-store-softhsm-";
 
-/// Removes token directories of processes that are gone (a killed test cannot clean up).
-fn sweep_dead_process_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
 /// Removes this process's token directory when the process exits (statics are not dropped).
 // SAFETY (for `unsafe`): runs from the C runtime's exit handlers; it only reads a OnceLock
 // and removes files, touching no state that Rust's runtime tears down before it.
@@ -62,7 +45,8 @@ static PROCESS_DIR: OnceLock<ProcessTokenDir> = OnceLock::new();
 
 fn process_token_dir() -> &'static ProcessTokenDir {
     PROCESS_DIR.get_or_init(|| {
-        sweep_dead_process_dirs();
+        // A killed test cannot clean up: the next process sweeps its directory.
+        test_dirs::sweep_dead_process_dirs(DIR_PREFIX);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
