@@ -1,6 +1,8 @@
 //! `cargo xtask bench agent`: read, write and list latency through the agent's gRPC service
 //! over mTLS, beside the same operations on the device's store in-process, on SoftHSM2.
-//! Secrets have 5 keys of 1 KiB. The two paths alternate call by call.
+//! Secrets have 5 keys of 1 KiB. The two paths alternate call by call. Then throughput under
+//! load: 16 requests in flight on one channel, against 16 in-process callers. Prints PASS or
+//! FAIL against the target (gRPC adds < 1 ms to a read at p50) and exits non-zero on a miss.
 
 use hsm_agent::device::{Device, DeviceConfig};
 use hsm_agent::pin::FixedPin;
@@ -22,6 +24,12 @@ const SECRETS: usize = 50;
 const READS: usize = 1000;
 const WRITES: usize = 100;
 const LISTS: usize = 1000;
+/// Requests in flight in the throughput runs.
+const IN_FLIGHT: usize = 16;
+/// Requests per throughput run.
+const LOAD_REQUESTS: usize = 4000;
+/// The target: what gRPC over mTLS may add to a read at p50.
+const READ_OVERHEAD_TARGET: Duration = Duration::from_millis(1);
 
 fn value(i: usize, k: usize, round: usize) -> Vec<u8> {
     format!("{i}-{k}-{round}-")
@@ -204,9 +212,10 @@ async fn main() {
     );
     println!();
     println!(
-        "| operation | in-process p50 | gRPC p50 | added at p50 | in-process p99 | gRPC p99 | gRPC ops/s |"
+        "| operation | in-process p50 | gRPC p50 | added at p50 | in-process p99 | gRPC p99 | gRPC ops/s, 1 in flight |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut read_overhead = Duration::ZERO;
     for row in &mut rows {
         let total: Duration = row.grpc.iter().sum();
         let throughput = row.grpc.len() as f64 / total.as_secs_f64();
@@ -218,6 +227,9 @@ async fn main() {
             percentile(&mut row.direct, 0.99),
             percentile(&mut row.grpc, 0.99),
         );
+        if row.what.starts_with("read") {
+            read_overhead = g50.saturating_sub(d50);
+        }
         println!(
             "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.0} |",
             row.what,
@@ -229,4 +241,90 @@ async fn main() {
             throughput
         );
     }
+
+    println!();
+    println!(
+        "| under load ({IN_FLIGHT} in flight, {LOAD_REQUESTS} requests) | in-process ops/s | gRPC ops/s |"
+    );
+    println!("|---|---:|---:|");
+    for (what, read) in [("read (5 keys x 1 KiB)", true), ("list", false)] {
+        let direct = direct_load(&device, read).await;
+        let grpc = grpc_load(&client, read).await;
+        println!("| {what} | {direct:.0} | {grpc:.0} |");
+    }
+    println!();
+    let pass = read_overhead < READ_OVERHEAD_TARGET;
+    println!(
+        "{}: gRPC over mTLS adds {:.3} ms to a read at p50 (target < {:.0} ms)",
+        if pass { "PASS" } else { "FAIL" },
+        ms(read_overhead),
+        ms(READ_OVERHEAD_TARGET)
+    );
+    if !pass {
+        std::process::exit(1);
+    }
+}
+
+/// Reads (or lists) per second with [`IN_FLIGHT`] in-process callers on blocking threads.
+async fn direct_load(device: &Arc<Device>, read: bool) -> f64 {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let (device, next) = (device.clone(), next.clone());
+            tokio::task::spawn_blocking(move || {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if n >= LOAD_REQUESTS {
+                        return;
+                    }
+                    let name = format!("d{}", n % SECRETS);
+                    if read {
+                        device.with_store(|s| s.read(&name)).unwrap();
+                    } else {
+                        device.with_store(|s| Ok(s.list(""))).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    LOAD_REQUESTS as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Reads (or lists) per second with [`IN_FLIGHT`] requests in flight on one gRPC channel.
+async fn grpc_load(client: &HsmAgentClient<Channel>, read: bool) -> f64 {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let (mut client, next) = (client.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if n >= LOAD_REQUESTS {
+                        return;
+                    }
+                    if read {
+                        let path = format!("g{}", n % SECRETS);
+                        client
+                            .read_secret(ReadSecretRequest { path })
+                            .await
+                            .unwrap();
+                    } else {
+                        client
+                            .list_secrets(ListSecretsRequest::default())
+                            .await
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    LOAD_REQUESTS as f64 / started.elapsed().as_secs_f64()
 }

@@ -2,6 +2,7 @@
 //! exactly those arguments, plus the agent's own additions.
 
 use clap::{Parser, ValueEnum};
+use secrecy::SecretString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,8 +39,9 @@ pub struct AgentArgs {
     pub token_label: String,
     /// Accepted for compatibility; a PIN on the command line shows in `ps`. Prefer
     /// --pin-file or HSM_PIN.
-    #[arg(long, hide = true)]
-    pub pin: Option<String>,
+    /// Held as a secret from parsing on: `Debug` of the arguments shows `[REDACTED]`.
+    #[arg(long, hide = true, value_parser = secret)]
+    pub pin: Option<SecretString>,
     /// A file holding the user PIN (a mounted Secret), re-read whenever the agent connects.
     #[arg(long)]
     pub pin_file: Option<PathBuf>,
@@ -79,6 +81,11 @@ pub enum Pcscd {
     Always,
     /// Never (pcscd runs elsewhere, or the module does not use PC/SC).
     Never,
+}
+
+/// A PIN argument, taken into a [`SecretString`] as it is parsed.
+pub fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
 }
 
 /// Seconds, as a number.
@@ -180,5 +187,20 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_pin_on_the_command_line_never_shows_in_debug() {
+        let args = AgentArgs::try_parse_from([
+            "hsm-agent",
+            "--device-name=d",
+            "--pkcs11-library=/x",
+            "--pin=80417362",
+        ])
+        .unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(args.pin.as_ref().unwrap().expose_secret(), "80417362");
+        let shown = format!("{args:?} {args:#?}");
+        assert!(!shown.contains("80417362"), "{shown}");
     }
 }

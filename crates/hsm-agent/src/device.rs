@@ -7,9 +7,11 @@
 //! `CKR_SESSION_HANDLE_INVALID`, …) the store is dropped and the next attempt re-opens the
 //! token and re-scans it: no process restart.
 
+use crate::connector::{Connector, Pkcs11Connector};
 use crate::pin::PinSource;
 use crate::refusals::Refusals;
-use hsm_store::{Module, Pkcs11Token, SecretStore, Store, StoreError, TokenSelector};
+use hsm_store::error::chain;
+use hsm_store::{Pkcs11Token, SecretStore, Store, StoreError, TokenSelector};
 
 use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
@@ -18,8 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The store the device serves.
-pub type DeviceStore = Store<Pkcs11Token>;
+/// The store a device serves: on a PKCS#11 token unless said otherwise.
+pub type DeviceStore<T = Pkcs11Token> = Store<T>;
 
 /// Where the token is and where the agent keeps its state.
 #[derive(Debug, Clone)]
@@ -116,8 +118,8 @@ pub enum DeviceError {
     Store(#[from] StoreError),
 }
 
-struct State {
-    store: Option<Arc<DeviceStore>>,
+struct State<T: hsm_store::token::Token> {
+    store: Option<Arc<DeviceStore<T>>>,
     /// The last version of the store that was lost, to number on from.
     last_version: u64,
     /// The serial number of the token connected (or last connected).
@@ -127,12 +129,14 @@ struct State {
     backoff: Duration,
 }
 
-/// One device, shared by every request handler.
-pub struct Device {
+/// One device, shared by every request handler. Generic over how it reaches its token
+/// (see [`Connector`]); `Device` alone is the agent's: a token on a PKCS#11 module.
+pub struct Device<C: Connector = Pkcs11Connector> {
     config: DeviceConfig,
+    connector: C,
     pin: Box<dyn PinSource>,
     refusals: Mutex<Refusals>,
-    state: Mutex<State>,
+    state: Mutex<State<C::Token>>,
     /// Serialises connection attempts, without blocking readers of `state`.
     connecting: Mutex<()>,
     login_attempts: AtomicU64,
@@ -141,19 +145,31 @@ pub struct Device {
     pin_override: Mutex<Option<SecretString>>,
 }
 
-impl std::fmt::Debug for Device {
+impl<C: Connector> std::fmt::Debug for Device<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Device")
-            .field("module", &self.config.module)
-            .field("selector", &self.config.selector)
+            .field("token", &self.connector.describe())
             .field("readiness", &self.readiness())
             .finish()
     }
 }
 
-impl Device {
-    /// A device that will connect on first use.
+impl Device<Pkcs11Connector> {
+    /// A device on the PKCS#11 token `config` names, that will connect on first use.
     pub fn new(config: DeviceConfig, pin: Box<dyn PinSource>) -> Self {
+        let connector = Pkcs11Connector {
+            module: config.module.clone(),
+            selector: config.selector.clone(),
+        };
+        Device::with_connector(connector, config, pin)
+    }
+}
+
+impl<C: Connector> Device<C> {
+    /// A device reaching its token through `connector`, that will connect on first use.
+    /// `config` gives the backoff and the state directory (its module and selector are
+    /// the connector's business).
+    pub fn with_connector(connector: C, config: DeviceConfig, pin: Box<dyn PinSource>) -> Self {
         let refusals = match &config.state_dir {
             Some(dir) => Refusals::load(dir),
             None => Refusals::in_memory(),
@@ -171,6 +187,7 @@ impl Device {
                 backoff: config.min_backoff,
             }),
             config,
+            connector,
             pin,
             connecting: Mutex::new(()),
             refusals: Mutex::new(refusals),
@@ -184,7 +201,7 @@ impl Device {
     /// source (e.g. the Kubernetes Secret) is updated to hold it.
     pub fn change_pin(&self, old: &SecretString, new: &SecretString) -> Result<(), DeviceError> {
         let store = self.store_or_connect()?;
-        match store.token().change_pin(old, new) {
+        match self.connector.change_pin(store.token(), old, new) {
             Ok(()) => {
                 *self.pin_override.lock() = Some(new.clone());
                 Ok(())
@@ -193,7 +210,7 @@ impl Device {
                 self.lost(&e);
                 Err(DeviceError::NotReady {
                     reason: NotReadyReason::TokenLost,
-                    message: e.to_string(),
+                    message: chain(&e),
                 })
             }
             Err(e) => Err(e.into()),
@@ -213,6 +230,11 @@ impl Device {
             }
         }
         from_source
+    }
+
+    /// How the device reaches its token.
+    pub fn connector(&self) -> &C {
+        &self.connector
     }
 
     /// The device's state now.
@@ -245,7 +267,7 @@ impl Device {
                 }
                 DeviceError::Store(e) => Readiness::NotReady {
                     reason: NotReadyReason::Failed,
-                    message: e.to_string(),
+                    message: chain(&e),
                 },
             },
             |_| Readiness::Ready,
@@ -256,7 +278,7 @@ impl Device {
     /// and is reported as not-ready.
     pub fn with_store<R>(
         &self,
-        operation: impl FnOnce(&DeviceStore) -> Result<R, StoreError>,
+        operation: impl FnOnce(&DeviceStore<C::Token>) -> Result<R, StoreError>,
     ) -> Result<R, DeviceError> {
         let store = self.store_or_connect()?;
         match operation(&store) {
@@ -264,7 +286,7 @@ impl Device {
                 self.lost(&e);
                 Err(DeviceError::NotReady {
                     reason: NotReadyReason::TokenLost,
-                    message: e.to_string(),
+                    message: chain(&e),
                 })
             }
             other => other.map_err(DeviceError::from),
@@ -280,7 +302,7 @@ impl Device {
             }
             Err(DeviceError::Store(e)) => Readiness::NotReady {
                 reason: NotReadyReason::Failed,
-                message: e.to_string(),
+                message: chain(&e),
             },
         }
     }
@@ -289,17 +311,17 @@ impl Device {
         let mut state = self.state.lock();
         if let Some(store) = state.store.take() {
             state.last_version = store.version();
-            tracing::warn!(error = %error, "token lost; reconnecting");
+            tracing::warn!(error = %chain(error), "token lost; reconnecting");
         }
         state.readiness = Readiness::NotReady {
             reason: NotReadyReason::TokenLost,
-            message: error.to_string(),
+            message: chain(error),
         };
         state.next_attempt = Instant::now();
         state.backoff = self.config.min_backoff;
     }
 
-    fn store_or_connect(&self) -> Result<Arc<DeviceStore>, DeviceError> {
+    fn store_or_connect(&self) -> Result<Arc<DeviceStore<C::Token>>, DeviceError> {
         if let Some(ready) = self.current_store()? {
             return Ok(ready);
         }
@@ -337,7 +359,7 @@ impl Device {
     }
 
     /// The connected store, `None` when an attempt is due now, or the reason to wait.
-    fn current_store(&self) -> Result<Option<Arc<DeviceStore>>, DeviceError> {
+    fn current_store(&self) -> Result<Option<Arc<DeviceStore<C::Token>>>, DeviceError> {
         let state = self.state.lock();
         if let Some(store) = &state.store {
             return Ok(Some(store.clone()));
@@ -350,31 +372,11 @@ impl Device {
 
     /// One connection attempt; the store numbers versions on from `previous_version`.
     /// Returns the store and the token's serial number.
-    fn connect(
-        &self,
-        previous_version: u64,
-    ) -> Result<(DeviceStore, String), (NotReadyReason, String)> {
-        let module = Module::load(&self.config.module)
-            .map_err(|e| (NotReadyReason::ModuleUnavailable, e.to_string()))?;
-        let serial = module
-            .tokens()
-            .ok()
-            .and_then(|tokens| {
-                let slot = module.find_slot(&self.config.selector).ok()?;
-                tokens
-                    .into_iter()
-                    .find(|(s, _)| *s == slot)
-                    .map(|(_, info)| info.serial_number)
-            })
-            .ok_or_else(|| {
-                (
-                    NotReadyReason::TokenAbsent,
-                    format!("no token matches {}", self.config.selector),
-                )
-            })?;
+    fn connect(&self, previous_version: u64) -> Attempt<C::Token> {
+        let serial = self.connector.locate()?;
         let pin = self
             .current_pin()
-            .map_err(|e| (NotReadyReason::PinUnavailable, e.to_string()))?;
+            .map_err(|e| (NotReadyReason::PinUnavailable, chain(&e)))?;
         if self.refusals.lock().is_refused(&serial, &pin) {
             return Err((
                 NotReadyReason::PinRefused,
@@ -385,11 +387,11 @@ impl Device {
             ));
         }
         self.login_attempts.fetch_add(1, Ordering::SeqCst);
-        let token = match Pkcs11Token::open(&module, &self.config.selector, &pin) {
+        let token = match self.connector.open(&pin) {
             Ok(token) => token,
             Err(StoreError::PinIncorrect) => {
                 if let Err(e) = self.refusals.lock().refuse(&serial, &pin) {
-                    tracing::error!(error = %e, "cannot persist the PIN refusal");
+                    tracing::error!(error = %chain(&e), "cannot persist the PIN refusal");
                 }
                 return Err((
                     NotReadyReason::PinRefused,
@@ -403,9 +405,9 @@ impl Device {
                 return Err((NotReadyReason::PinLocked, StoreError::PinLocked.to_string()));
             }
             Err(e @ StoreError::TokenNotFound { .. }) => {
-                return Err((NotReadyReason::TokenAbsent, e.to_string()));
+                return Err((NotReadyReason::TokenAbsent, chain(&e)));
             }
-            Err(e) => return Err((NotReadyReason::Failed, e.to_string())),
+            Err(e) => return Err((NotReadyReason::Failed, chain(&e))),
         };
         Store::open_continuing(token, previous_version)
             .map(|store| (store, serial))
@@ -415,10 +417,13 @@ impl Device {
                 } else {
                     NotReadyReason::Failed
                 };
-                (reason, e.to_string())
+                (reason, chain(&e))
             })
     }
 }
+
+/// A connection attempt: the store and the token's serial number, or why not.
+type Attempt<T> = Result<(DeviceStore<T>, String), (NotReadyReason, String)>;
 
 fn not_ready(readiness: &Readiness) -> DeviceError {
     match readiness {

@@ -9,6 +9,7 @@
 //! Both ask the token itself (`C_GetTokenInfo`) on a blocking thread with a hard timeout, so a
 //! wedged token cannot hang the kubelet's probe.
 
+use crate::connector::Connector;
 use crate::device::{Device, Readiness};
 use axum::Router;
 use axum::extract::State;
@@ -22,23 +23,32 @@ use std::time::{Duration, Instant};
 /// How long a probe may take before it counts as a failure.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-#[derive(Clone)]
-struct Health {
-    device: Arc<Device>,
+struct Health<C: Connector> {
+    device: Arc<Device<C>>,
     started: Instant,
     timeout: Duration,
 }
 
+impl<C: Connector> Clone for Health<C> {
+    fn clone(&self) -> Self {
+        Health {
+            device: self.device.clone(),
+            started: self.started,
+            timeout: self.timeout,
+        }
+    }
+}
+
 /// The health router for `device`.
-pub fn router(device: Arc<Device>) -> Router {
+pub fn router<C: Connector>(device: Arc<Device<C>>) -> Router {
     router_with_timeout(device, PROBE_TIMEOUT)
 }
 
 /// The health router with another probe timeout (tests).
-pub fn router_with_timeout(device: Arc<Device>, timeout: Duration) -> Router {
+pub fn router_with_timeout<C: Connector>(device: Arc<Device<C>>, timeout: Duration) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/healthz", get(healthz::<C>))
+        .route("/readyz", get(readyz::<C>))
         .with_state(Health {
             device,
             started: Instant::now(),
@@ -46,7 +56,7 @@ pub fn router_with_timeout(device: Arc<Device>, timeout: Duration) -> Router {
         })
 }
 
-async fn probe(health: &Health) -> Readiness {
+async fn probe<C: Connector>(health: &Health<C>) -> Readiness {
     let device = health.device.clone();
     match tokio::time::timeout(
         health.timeout,
@@ -62,7 +72,7 @@ async fn probe(health: &Health) -> Readiness {
     }
 }
 
-async fn healthz(State(health): State<Health>) -> impl IntoResponse {
+async fn healthz<C: Connector>(State(health): State<Health<C>>) -> impl IntoResponse {
     let connected = probe(&health).await == Readiness::Ready;
     let body = json!({
         "status": if connected { "healthy" } else { "degraded" },
@@ -73,7 +83,7 @@ async fn healthz(State(health): State<Health>) -> impl IntoResponse {
     (status(connected), Json(body))
 }
 
-async fn readyz(State(health): State<Health>) -> impl IntoResponse {
+async fn readyz<C: Connector>(State(health): State<Health<C>>) -> impl IntoResponse {
     match probe(&health).await {
         Readiness::Ready => (StatusCode::OK, Json(json!({"status": "ready"}))),
         Readiness::NotReady { reason, message } => (

@@ -3,8 +3,8 @@
 //! has refused, and (in later modules) serves the store over gRPC.
 
 pub mod cli;
+pub mod connector;
 pub mod device;
-pub mod fuzzing;
 pub mod health;
 pub mod kube_pin;
 pub mod pcscd;
@@ -14,3 +14,8 @@ pub mod run;
 pub mod service;
 pub mod tls;
 pub mod validate;
+
+#[cfg(feature = "test-support")]
+pub mod fuzzing;
+#[cfg(feature = "test-support")]
+pub mod testing;

@@ -76,12 +76,13 @@ pub fn supports_option(program: &Path, option: &str) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum PcscdError {
     /// The program could not be run.
-    #[error("cannot start {program}: {reason}")]
+    #[error("cannot start {program}")]
     Spawn {
         /// The program.
         program: String,
         /// What the OS said.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
     /// It exited before its socket appeared.
     #[error("pcscd exited before it was ready ({0})")]
@@ -174,9 +175,9 @@ fn spawn(config: &PcscdConfig) -> Result<Child, PcscdError> {
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| PcscdError::Spawn {
+        .map_err(|source| PcscdError::Spawn {
             program: config.program.display().to_string(),
-            reason: e.to_string(),
+            source,
         })?;
     forward_output(child.stdout.take());
     forward_output(child.stderr.take());

@@ -9,12 +9,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
     /// The PIN file could not be read.
-    #[error("cannot read the PIN file {path}: {reason}")]
+    #[error("cannot read the PIN file {path}")]
     File {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
     /// The environment variable is not set.
     #[error("the PIN variable {0} is not set")]
@@ -44,9 +45,9 @@ pub struct FilePin(pub PathBuf);
 impl PinSource for FilePin {
     fn current(&self) -> Result<SecretString, PinError> {
         let bytes =
-            zeroize::Zeroizing::new(std::fs::read(&self.0).map_err(|e| PinError::File {
+            zeroize::Zeroizing::new(std::fs::read(&self.0).map_err(|source| PinError::File {
                 path: self.0.clone(),
-                reason: e.kind().to_string(),
+                source,
             })?);
         let text = String::from_utf8_lossy(&bytes);
         non_empty(text.trim_end_matches(['\n', '\r']), || self.describe())
@@ -98,6 +99,15 @@ fn non_empty(pin: &str, describe: impl Fn() -> String) -> Result<SecretString, P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_pin_file_keeps_the_os_error() {
+        let error = FilePin("/nonexistent/pin".into()).current().unwrap_err();
+        let os = std::error::Error::source(&error)
+            .and_then(|e| e.downcast_ref::<std::io::Error>())
+            .expect("the OS error is the source");
+        assert_eq!(os.kind(), std::io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn a_file_pin_is_re_read_and_its_newline_dropped() {

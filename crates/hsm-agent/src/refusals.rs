@@ -21,12 +21,13 @@ const ROUNDS: u32 = 100_000;
 #[derive(Debug, thiserror::Error)]
 pub enum RefusalsError {
     /// The file could not be written.
-    #[error("cannot write {path}: {reason}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -110,9 +111,9 @@ impl Refusals {
             salt: hex::encode(&self.salt),
             refused: self.refused.clone(),
         };
-        let error = |e: std::io::Error| RefusalsError::Write {
+        let error = |source: std::io::Error| RefusalsError::Write {
             path: path.clone(),
-            reason: e.to_string(),
+            source,
         };
         // Write then rename, so a crash never leaves half a file.
         let tmp = path.with_extension("json.tmp");
@@ -124,6 +125,21 @@ impl Refusals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_save_keeps_the_os_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("not-a-dir");
+        std::fs::write(&blocked, b"").unwrap();
+        let mut refusals = Refusals::load(&blocked);
+        let error = refusals
+            .refuse("serial", &SecretString::from("2468"))
+            .unwrap_err();
+        let os = std::error::Error::source(&error)
+            .and_then(|e| e.downcast_ref::<std::io::Error>())
+            .expect("the OS error is the source");
+        assert!(!os.to_string().is_empty());
+    }
 
     #[test]
     fn a_refusal_survives_a_restart_and_names_no_pin() {

@@ -124,7 +124,7 @@ async fn pin_source(args: &AgentArgs) -> anyhow::Result<Box<dyn PinSource>> {
     }
     if let Some(pin) = &args.pin {
         tracing::warn!("--pin puts the PIN on the command line; prefer --pin-file or HSM_PIN");
-        return Ok(Box::new(FixedPin(pin.as_str().into())));
+        return Ok(Box::new(FixedPin(pin.clone())));
     }
     if std::env::var_os(HSM_PIN).is_some() {
         return Ok(Box::new(EnvPin(HSM_PIN.into())));

@@ -14,10 +14,12 @@
 //! recovery wakes the streams, which send what changed since they last looked (from the
 //! index), or a `Resync` when a re-scan or a reconnection makes versions incomparable.
 
+use crate::connector::{Connector, Pkcs11Connector};
 use crate::device::{Device, DeviceError, DeviceStore, Readiness};
 use crate::validate::{self, Invalid};
 use hsm_proto::v1::hsm_agent_server::HsmAgent;
 use hsm_proto::v1::*;
+use hsm_store::token::TokenErrorKind;
 use hsm_store::{MetadataChange, SecretStore, SecretSummary, StoreError};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
@@ -36,10 +38,9 @@ struct Signal {
     epoch: u64,
 }
 
-/// The gRPC service.
-#[derive(Clone)]
-pub struct AgentService {
-    device: Arc<Device>,
+/// The gRPC service over a device; `AgentService` alone serves a PKCS#11 token.
+pub struct AgentService<C: Connector = Pkcs11Connector> {
+    device: Arc<Device<C>>,
     signal: watch::Sender<Signal>,
     /// How often an idle change stream looks at the index anyway.
     poll: Duration,
@@ -47,12 +48,23 @@ pub struct AgentService {
     settle_timeout: Duration,
 }
 
+impl<C: Connector> Clone for AgentService<C> {
+    fn clone(&self) -> Self {
+        AgentService {
+            device: self.device.clone(),
+            signal: self.signal.clone(),
+            poll: self.poll,
+            settle_timeout: self.settle_timeout,
+        }
+    }
+}
+
 /// How often a write waiting to settle looks whether the token is back.
 const SETTLE_POLL: Duration = Duration::from_millis(100);
 
-impl AgentService {
+impl<C: Connector> AgentService<C> {
     /// The service for `device`.
-    pub fn new(device: Arc<Device>) -> Self {
+    pub fn new(device: Arc<Device<C>>) -> Self {
         AgentService {
             device,
             signal: watch::Sender::new(Signal::default()),
@@ -76,7 +88,7 @@ impl AgentService {
     }
 
     /// The device served.
-    pub fn device(&self) -> &Arc<Device> {
+    pub fn device(&self) -> &Arc<Device<C>> {
         &self.device
     }
 
@@ -91,7 +103,7 @@ impl AgentService {
     /// Runs a store operation on a blocking thread.
     async fn blocking<R: Send + 'static>(
         &self,
-        operation: impl FnOnce(&DeviceStore) -> Result<R, StoreError> + Send + 'static,
+        operation: impl FnOnce(&DeviceStore<C::Token>) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, Status> {
         self.on_device(operation).await?.map_err(status)
     }
@@ -99,7 +111,7 @@ impl AgentService {
     /// Runs a store operation on a blocking thread, keeping the device's error.
     async fn on_device<R: Send + 'static>(
         &self,
-        operation: impl FnOnce(&DeviceStore) -> Result<R, StoreError> + Send + 'static,
+        operation: impl FnOnce(&DeviceStore<C::Token>) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<Result<R, DeviceError>, Status> {
         let device = self.device.clone();
         tokio::task::spawn_blocking(move || device.with_store(operation))
@@ -114,7 +126,7 @@ impl AgentService {
         &self,
         path: String,
         expected: Expected,
-        operation: impl FnOnce(&DeviceStore, &str) -> Result<R, StoreError> + Send + 'static,
+        operation: impl FnOnce(&DeviceStore<C::Token>, &str) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<Option<R>, Status> {
         // Whether the change reached the token at all: a device that was not connected
         // changed nothing, and its error stands as it is.
@@ -231,18 +243,35 @@ pub fn status(error: DeviceError) -> Status {
             "HSM not connected ({}): {message}",
             reason.as_str()
         )),
-        DeviceError::Store(e) => match &e {
-            StoreError::InvalidName { .. }
-            | StoreError::InvalidKey { .. }
-            | StoreError::LabelConflict { .. } => Status::invalid_argument(e.to_string()),
-            StoreError::NotFound(_) | StoreError::KeyNotFound { .. } => {
-                Status::not_found(e.to_string())
-            }
-            StoreError::PinIncorrect | StoreError::PinLocked | StoreError::PinInvalid(_) => {
-                Status::permission_denied(e.to_string())
-            }
-            _ if e.is_token_lost() => Status::unavailable(e.to_string()),
-            _ => Status::internal(e.to_string()),
+        DeviceError::Store(e) => Status::new(store_code(&e), hsm_store::error::chain(&e)),
+    }
+}
+
+/// The gRPC code of a store error: one arm per kind, with no catch-all, so that a new kind
+/// is a compile error here instead of silently becoming `Internal`.
+pub fn store_code(error: &StoreError) -> tonic::Code {
+    use tonic::Code;
+    match error {
+        StoreError::InvalidName { .. }
+        | StoreError::InvalidKey { .. }
+        | StoreError::LabelConflict { .. } => Code::InvalidArgument,
+        StoreError::NotFound(_) | StoreError::KeyNotFound { .. } => Code::NotFound,
+        StoreError::PinIncorrect | StoreError::PinLocked | StoreError::PinInvalid(_) => {
+            Code::PermissionDenied
+        }
+        // The token cannot be reached: the caller may try again later.
+        StoreError::ModuleLoad { .. } | StoreError::TokenNotFound { .. } => Code::Unavailable,
+        StoreError::Malformed { .. } => Code::Internal,
+        StoreError::Token(token) => match &token.kind {
+            TokenErrorKind::TokenLost => Code::Unavailable,
+            TokenErrorKind::PinIncorrect
+            | TokenErrorKind::PinLocked
+            | TokenErrorKind::PinInvalid => Code::PermissionDenied,
+            TokenErrorKind::ObjectGone
+            | TokenErrorKind::ValueLost { .. }
+            | TokenErrorKind::Unsupported
+            | TokenErrorKind::Injected
+            | TokenErrorKind::Other(_) => Code::Internal,
         },
     }
 }
@@ -294,7 +323,7 @@ pub fn entry(summary: SecretSummary) -> IndexEntry {
 type Reply<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
-impl HsmAgent for AgentService {
+impl<C: Connector> HsmAgent for AgentService<C> {
     async fn get_info(&self, _: Request<GetInfoRequest>) -> Reply<GetInfoResponse> {
         let info = self.blocking(|store| store.info()).await?;
         Ok(Response::new(GetInfoResponse {
@@ -488,7 +517,11 @@ fn event(event: change_event::Event) -> Result<ChangeEvent, Status> {
 }
 
 /// Feeds one change stream until the client goes away.
-async fn follow(service: AgentService, since: u64, tx: mpsc::Sender<Result<ChangeEvent, Status>>) {
+async fn follow<C: Connector>(
+    service: AgentService<C>,
+    since: u64,
+    tx: mpsc::Sender<Result<ChangeEvent, Status>>,
+) {
     let mut signals = service.signal.subscribe();
     let mut epoch = signals.borrow_and_update().epoch;
     let mut connections = service.device.connections();
@@ -555,6 +588,66 @@ async fn follow(service: AgentService, since: u64, tx: mpsc::Sender<Result<Chang
             changed = signals.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(service.poll) => {}
             _ = tx.closed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hsm_store::token::TokenError;
+    use tonic::Code;
+
+    fn token(kind: TokenErrorKind) -> StoreError {
+        StoreError::Token(TokenError {
+            call: "C_Test",
+            kind,
+        })
+    }
+
+    #[test]
+    fn every_store_error_has_its_own_status() {
+        let cases = [
+            (
+                StoreError::ModuleLoad {
+                    path: "/x.so".into(),
+                    source: hsm_store::error::LoadError::Missing,
+                },
+                Code::Unavailable,
+            ),
+            (
+                StoreError::TokenNotFound {
+                    selector: "label".into(),
+                    available: "none".into(),
+                },
+                Code::Unavailable,
+            ),
+            (StoreError::PinIncorrect, Code::PermissionDenied),
+            (StoreError::PinLocked, Code::PermissionDenied),
+            (StoreError::PinInvalid("short"), Code::PermissionDenied),
+            (
+                StoreError::InvalidName {
+                    name: "A".into(),
+                    reason: "upper case",
+                },
+                Code::InvalidArgument,
+            ),
+            (StoreError::NotFound("s".into()), Code::NotFound),
+            (
+                StoreError::KeyNotFound {
+                    name: "s".into(),
+                    key: "k".into(),
+                },
+                Code::NotFound,
+            ),
+            (token(TokenErrorKind::TokenLost), Code::Unavailable),
+            (token(TokenErrorKind::PinLocked), Code::PermissionDenied),
+            (token(TokenErrorKind::Other("X".into())), Code::Internal),
+        ];
+        for (error, code) in cases {
+            let shown = error.to_string();
+            assert_eq!(store_code(&error), code, "{shown}");
+            assert_eq!(status(DeviceError::Store(error)).code(), code, "{shown}");
         }
     }
 }

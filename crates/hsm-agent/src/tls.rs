@@ -17,20 +17,39 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// Why TLS could not be set up.
+/// Why TLS could not be set up. Each kind keeps the error beneath it as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A PEM file could not be read or holds nothing usable.
-    #[error("{path}: {reason}")]
-    File {
+    /// A PEM file could not be read or parsed.
+    #[error("{path}: cannot read PEM")]
+    Pem {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        reason: String,
+        /// The reader's error (I/O or PEM syntax).
+        #[source]
+        source: rustls_pki_types::pem::Error,
     },
+    /// A PEM file holds no certificate.
+    #[error("{path}: no certificate in the file")]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// rustls refused what a file holds (a CA it cannot use, a key that does not fit).
+    #[error("{path}: refused by rustls")]
+    Rejected {
+        /// The file.
+        path: PathBuf,
+        /// rustls's error.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client-certificate verifier could not be built from the CA.
+    #[error("cannot build the client certificate verifier")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
     /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
-    Config(String),
+    #[error("TLS configuration refused")]
+    Config(#[source] rustls::Error),
 }
 
 /// The three files of the agent's mTLS, as mounted from the Secrets.
@@ -44,20 +63,29 @@ pub struct TlsFiles {
     pub client_ca: PathBuf,
 }
 
-fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
-    TlsError::File {
+fn pem_error(path: &Path) -> impl Fn(rustls_pki_types::pem::Error) -> TlsError + '_ {
+    move |source| TlsError::Pem {
         path: path.to_path_buf(),
-        reason: reason.to_string(),
+        source,
+    }
+}
+
+fn rejected(path: &Path) -> impl Fn(rustls::Error) -> TlsError + '_ {
+    move |source| TlsError::Rejected {
+        path: path.to_path_buf(),
+        source,
     }
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(path, e))?
+        .map_err(pem_error(path))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(path, e))?;
+        .map_err(pem_error(path))?;
     if certs.is_empty() {
-        return Err(file_error(path, "no certificate in the file"));
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
@@ -68,8 +96,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 fn load_key(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
     let chain = read_certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_error(&files.key, e))?;
-    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| file_error(&files.cert, e))
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(pem_error(&files.key))?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(rejected(&files.cert))
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -94,7 +122,10 @@ impl ResolvesServerCert for ReloadingCert {
                     tracing::info!("reloaded the agent's TLS certificate");
                     *current = (Arc::new(key), stamps.0, stamps.1);
                 }
-                Err(e) => tracing::warn!(error = %e, "keeping the previous TLS certificate"),
+                Err(e) => tracing::warn!(
+                    error = %hsm_store::error::chain(&e),
+                    "keeping the previous TLS certificate"
+                ),
             }
         }
         Some(current.0.clone())
@@ -105,12 +136,12 @@ impl ResolvesServerCert for ReloadingCert {
 pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in read_certs(&files.client_ca)? {
-        roots.add(ca).map_err(|e| file_error(&files.client_ca, e))?;
+        roots.add(ca).map_err(rejected(&files.client_ca))?;
     }
     let verifier: Arc<dyn ClientCertVerifier> =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+            .map_err(TlsError::Verifier)?;
     let key = load_key(files)?;
     let resolver = ReloadingCert {
         current: parking_lot::Mutex::new((
@@ -122,7 +153,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsError::Config(e.to_string()))?
+        .map_err(TlsError::Config)?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -170,4 +201,32 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    #[test]
+    fn a_broken_file_keeps_the_error_beneath() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("missing.crt"),
+            key: dir.path().join("missing.key"),
+            client_ca: dir.path().join("missing-ca.crt"),
+        };
+        let error = server_config(&files).unwrap_err();
+        let io = error
+            .source()
+            .and_then(|pem| pem.downcast_ref::<rustls_pki_types::pem::Error>())
+            .expect("the PEM reader's error is the source");
+        assert!(
+            matches!(io, rustls_pki_types::pem::Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound),
+            "{io:?}"
+        );
+        std::fs::write(&files.client_ca, "no PEM here").unwrap();
+        let error = server_config(&files).unwrap_err();
+        assert!(matches!(error, TlsError::NoCertificate { .. }), "{error:?}");
+    }
 }

@@ -101,35 +101,97 @@ async fn only_clients_of_the_ca_get_in() {
     assert!(!works(plain).await, "plaintext");
 }
 
-#[tokio::test]
-async fn tls_1_2_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = ca("hsm-mtls-ca");
-    let files = write_server(dir.path(), &leaf(&root, "hsm-agent", true), &root);
-    let config = server_config(&files).unwrap();
+/// A TLS 1.2 handshake against `config` by a client that presents a valid certificate of
+/// `root`'s CA, so that nothing but the protocol version can make it fail.
+async fn tls_1_2_handshake(
+    config: Arc<rustls::ServerConfig>,
+    root: &Ca,
+) -> Result<(), std::io::Error> {
+    use rustls_pki_types::pem::PemObject;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let _ = acceptor.accept(tcp).await;
+        acceptor.accept(tcp).await.map(drop)
     });
     let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject;
     roots
         .add(rustls_pki_types::CertificateDer::from_pem_slice(root.pem.as_bytes()).unwrap())
         .unwrap();
+    let (cert, key) = leaf(root, "hsm-manager", false);
     let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS12])
     .unwrap()
     .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_client_auth_cert(
+        vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+    )
+    .unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("hsm-agent").unwrap();
-    assert!(connector.connect(name, tcp).await.is_err());
+    let client = connector.connect(name, tcp).await.map(drop);
+    let _ = server.await;
+    client
+}
+
+/// The alert a refused handshake received, if that is why it failed.
+fn alert(error: &std::io::Error) -> Option<rustls::AlertDescription> {
+    match error.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(alert) => Some(*alert),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn tls_1_2_is_refused_with_a_protocol_version_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = ca("hsm-mtls-ca");
+    let files = write_server(dir.path(), &leaf(&root, "hsm-agent", true), &root);
+    let refused = tls_1_2_handshake(server_config(&files).unwrap(), &root)
+        .await
+        .expect_err("a TLS 1.2 client got in");
+    assert_eq!(
+        alert(&refused),
+        Some(rustls::AlertDescription::ProtocolVersion),
+        "refused for another reason: {refused}"
+    );
+}
+
+/// The check above fails where it should: the same client, certificate and all, completes
+/// its handshake with a server that allows TLS 1.2 beside 1.3.
+#[tokio::test]
+async fn the_tls_1_2_client_gets_in_where_tls_1_2_is_allowed() {
+    use rustls_pki_types::pem::PemObject;
+    let root = ca("hsm-mtls-ca");
+    let (cert, key) = leaf(&root, "hsm-agent", true);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(root.pem.as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let lenient = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    tls_1_2_handshake(Arc::new(lenient), &root)
+        .await
+        .expect("TLS 1.2 with a valid client certificate, where the server allows it");
 }
 
 #[tokio::test]

@@ -107,6 +107,24 @@ async fn a_pcscd_that_exits_at_once_is_an_error() {
 }
 
 #[tokio::test]
+async fn a_program_that_cannot_start_keeps_the_os_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = PcscdConfig {
+        program: dir.path().join("no-such-pcscd"),
+        args: vec![],
+        ..private_pcscd(dir.path(), false)
+    };
+    let Err(error) = Pcscd::start(config).await else {
+        panic!("a missing program started");
+    };
+    assert!(matches!(error, PcscdError::Spawn { .. }), "{error:?}");
+    let os = std::error::Error::source(&error)
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .expect("the OS error is the source");
+    assert_eq!(os.kind(), std::io::ErrorKind::NotFound);
+}
+
+#[tokio::test]
 async fn a_pcscd_without_a_socket_is_stopped_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("pid");

@@ -298,11 +298,18 @@ async fn a_card_pulled_during_a_stream_of_grpc_writes_loses_nothing_acknowledged
 
     // A write takes tens of APDUs: with a USB-like delay per APDU, a pull lands inside one.
     fixture.card.set_latency(Duration::from_millis(2));
-    // Pull the card three times into the stream, each time for 1.5 s.
+    // Pull the card three times into the stream, each time for 1.5 s, each once the agent
+    // has recovered from the pull before (re-opening the card takes hundreds of APDUs: a
+    // pull during it would make two pulls one recovery).
     let puller = {
-        let fixture = fixture.clone();
+        let (fixture, device) = (fixture.clone(), device.clone());
         std::thread::spawn(move || {
-            for first in [300, 1000, 700] {
+            for (pulled, first) in [300, 1000, 700].into_iter().enumerate() {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while device.connections() < pulled as u64 + 1 {
+                    assert!(Instant::now() < deadline, "no recovery from pull {pulled}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 std::thread::sleep(Duration::from_millis(first));
                 fixture.card.remove();
                 std::thread::sleep(Duration::from_millis(1500));

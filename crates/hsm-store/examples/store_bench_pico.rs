@@ -1,13 +1,16 @@
 //! `cargo xtask bench store`, second part: hsm-store on the virtual Pico HSM, through pcscd
 //! and OpenSC's `opensc-pkcs11.so`, the path a real Pico HSM takes. A card answers in
 //! microseconds here but in milliseconds over USB, so what matters is how many APDUs and
-//! PKCS#11 calls each operation costs: they are counted, per operation, with the store's
-//! index and without it (a stateless client, as the Go operator was, must find and read
-//! objects on the token for every list, read and sync).
+//! calls each operation costs: they are counted, per operation, with the store's index and
+//! without it (a stateless client, as the Go operator was, must find and read objects on the
+//! token for every list, read and sync). Calls are counted two ways: through the store's
+//! `Token` trait, and as the module receives them, by OpenSC's pkcs11-spy in a second run of
+//! this program (whose times are not reported: the spy logs every call).
 //!
 //! OpenSC shows at most 128 objects per token, so the card holds 20 secrets of 3 keys.
 
 use hsm_store::layout::{APPLICATION, metadata_label, value_label};
+use hsm_store::testing::Pkcs11Spy;
 use hsm_store::token::{InstrumentedToken, Token};
 use hsm_store::{
     MetadataChange, Module, Pkcs11Token, SecretData, SecretStore, SecretValue, Store, TokenSelector,
@@ -31,10 +34,13 @@ fn data(secret: usize, round: usize) -> SecretData {
         .collect()
 }
 
-/// One measured operation: PKCS#11 calls, APDUs and wall time, per repetition.
+/// One measured operation: calls, APDUs and wall time, per repetition.
 struct Row {
     what: &'static str,
+    /// Calls through the store's `Token` trait.
     calls: f64,
+    /// Calls the module received (the spied run only).
+    module_calls: Option<f64>,
     apdus: f64,
     time: Duration,
 }
@@ -43,6 +49,7 @@ struct Bench {
     fixture: PicoFixture,
     token: Arc<InstrumentedToken<Pkcs11Token>>,
     rows: Vec<Row>,
+    spy: Option<Pkcs11Spy>,
 }
 
 /// A logged-in connection to the card, counting its PKCS#11 calls.
@@ -56,6 +63,7 @@ impl Bench {
     /// Runs `op` for every `i` in `0..n` and records the averages under `what`.
     fn measure(&mut self, what: &'static str, n: usize, mut op: impl FnMut(usize)) {
         let (calls, apdus) = (self.token.counts(), self.fixture.card.apdu_count());
+        let module_calls = self.spy.as_ref().map(Pkcs11Spy::count);
         let started = Instant::now();
         for i in 0..n {
             op(i);
@@ -64,6 +72,9 @@ impl Bench {
         self.rows.push(Row {
             what,
             calls: self.token.counts().since(&calls).total() as f64 / n as f64,
+            module_calls: module_calls
+                .zip(self.spy.as_ref())
+                .map(|(before, spy)| (spy.count() - before) as f64 / n as f64),
             apdus: (self.fixture.card.apdu_count() - apdus) as f64 / n as f64,
             time,
         });
@@ -86,14 +97,18 @@ fn read_without_index(token: &dyn Token, secret: usize) -> usize {
 }
 
 fn main() {
+    let spied = hsm_store::testing::is_spied_run();
     let fixture = PicoFixture::start().expect("the virtual card (pcscd, vpcd, OpenSC)");
-    let module = Module::load(OPENSC_MODULE).expect("OpenSC's module");
+    let spy = spied.then(|| Pkcs11Spy::in_front_of(OPENSC_MODULE));
+    let module = Module::load(spy.as_ref().map_or(OPENSC_MODULE, Pkcs11Spy::module))
+        .expect("OpenSC's module");
     let token = connect(&module);
     let store = Store::open(token.clone()).expect("store");
     let mut bench = Bench {
         fixture,
         token: token.clone(),
         rows: Vec::new(),
+        spy,
     };
 
     bench.measure("write, new secret", SECRETS, |i| {
@@ -119,12 +134,16 @@ fn main() {
     let card = bench.fixture.card.card();
     bench.fixture.replug(card).expect("replug");
     let apdus = bench.fixture.card.apdu_count();
+    let module_calls = bench.spy.as_ref().map(Pkcs11Spy::count);
     let started = Instant::now();
     let token = connect(&module);
     let store = Store::open(token.clone()).expect("store");
     bench.rows.push(Row {
         what: "open after a replug (bind, login, scan)",
         calls: token.counts().total() as f64,
+        module_calls: module_calls
+            .zip(bench.spy.as_ref())
+            .map(|(before, spy)| (spy.count() - before) as f64),
         apdus: (bench.fixture.card.apdu_count() - apdus) as f64,
         time: started.elapsed(),
     });
@@ -151,12 +170,32 @@ fn main() {
         std::hint::black_box(store.rescan().expect("rescan"));
     });
 
+    if spied {
+        println!(
+            "Calls per operation on the virtual Pico HSM, counted two ways (a second run with \
+             OpenSC's pkcs11-spy in front of opensc-pkcs11.so)"
+        );
+        println!();
+        println!(
+            "| operation | Token-trait calls (store's count) | PKCS#11 module calls (pkcs11-spy) |"
+        );
+        println!("|---|---:|---:|");
+        for r in &bench.rows {
+            println!(
+                "| {} | {:.1} | {:.1} |",
+                r.what,
+                r.calls,
+                r.module_calls.unwrap_or(f64::NAN)
+            );
+        }
+        return;
+    }
     println!(
         "hsm-store on the virtual Pico HSM (pcscd + vpcd + opensc-pkcs11.so): {SECRETS} secrets of {KEYS} keys x {VALUE_LEN} B"
     );
     println!();
     println!(
-        "| operation | PKCS#11 calls | APDUs | time (emulator) | time at {} ms per APDU (estimate) |",
+        "| operation | Token-trait calls | APDUs | time (emulator) | time at {} ms per APDU (estimate) |",
         PICO_LATENCY.as_millis()
     );
     println!("|---|---:|---:|---:|---:|");
@@ -171,4 +210,9 @@ fn main() {
             at_usb.as_secs_f64() * 1e3
         );
     }
+    drop(store);
+    drop(token);
+    drop(bench);
+    println!();
+    print!("{}", hsm_store::testing::rerun_spied());
 }

@@ -8,12 +8,13 @@ use crate::token::TokenError;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The PKCS#11 module could not be loaded (missing file, not a PKCS#11 library).
-    #[error("cannot load PKCS#11 module {path}: {reason}")]
+    #[error("cannot load PKCS#11 module {path}")]
     ModuleLoad {
         /// The module path as given.
         path: String,
-        /// What the loader said.
-        reason: String,
+        /// Why: the loader's or the module's own error.
+        #[source]
+        source: LoadError,
     },
     /// No slot holds a token matching the selector.
     #[error("no token matches {selector} (tokens present: {available})")]
@@ -92,6 +93,33 @@ impl StoreError {
     pub fn is_token_lost(&self) -> bool {
         matches!(self, StoreError::Token(e) if e.is_token_lost())
     }
+}
+
+/// Why a PKCS#11 module could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// No file at the path.
+    #[error("no such file")]
+    Missing,
+    /// The file is not a loadable PKCS#11 library (`dlopen` or `C_GetFunctionList` failed).
+    #[error("not a PKCS#11 library")]
+    Library(#[source] cryptoki::error::Error),
+    /// The module refused `C_Initialize`.
+    #[error("C_Initialize failed")]
+    Initialize(#[source] cryptoki::error::Error),
+}
+
+/// An error and every error beneath it, `outer: inner: …`, for logs and messages: with
+/// `#[source]` the causes are not part of an error's own `Display`.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Result alias of the store.

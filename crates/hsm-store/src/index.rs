@@ -14,6 +14,8 @@ const REMOVED_HISTORY: usize = 10_000;
 pub(crate) struct ObjRef {
     pub handle: Handle,
     pub digest: [u8; 32],
+    /// The value's length: a read knows its buffer size and needs no call to ask for it.
+    pub len: usize,
 }
 
 /// One secret.

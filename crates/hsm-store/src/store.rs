@@ -2,7 +2,8 @@
 //!
 //! Opening scans the token once (finishing or undoing any write a crash cut short), and from
 //! then on listing, checksums, metadata and change detection come from the index; a read
-//! costs one `C_GetAttributeValue` per key and no search. Writes are serialised; reads run
+//! costs one `C_GetAttributeValue` per key and no search (the index knows each value's
+//! length, so no call is spent asking for it). Writes are serialised; reads run
 //! concurrently. A write that fails part way marks the store for recovery, which runs before
 //! the next operation, so the store heals in place once the token answers again.
 
@@ -179,6 +180,7 @@ impl<T: Token> Store<T> {
             let obj = ObjRef {
                 handle: *handle,
                 digest: value_digest(&object.value),
+                len: object.value.len(),
             };
             match resolver.place(&object.label) {
                 Some(Placement::Value { name, key }) => {
@@ -293,6 +295,7 @@ impl<T: Token> Store<T> {
                     return Ok(ObjRef {
                         handle: journal,
                         digest,
+                        len: bytes.len(),
                     });
                 }
                 Err(e) if e.kind == TokenErrorKind::Unsupported => {
@@ -304,7 +307,11 @@ impl<T: Token> Store<T> {
         }
         let handle = self.create_json(&label, bytes)?;
         self.token.destroy(journal)?;
-        Ok(ObjRef { handle, digest })
+        Ok(ObjRef {
+            handle,
+            digest,
+            len: bytes.len(),
+        })
     }
 
     fn destroy_tolerant(&self, handle: Handle) -> Result<(), TokenError> {
@@ -394,6 +401,7 @@ impl<T: Token> Store<T> {
                 metadata_obj = Some(ObjRef {
                     handle,
                     digest: value_digest(&bytes),
+                    len: bytes.len(),
                 });
             } else if let Some(o) = old_metadata_obj {
                 self.destroy_tolerant(o.handle)?;
@@ -453,6 +461,7 @@ impl<T: Token> Store<T> {
                 ObjRef {
                     handle,
                     digest: p.digest,
+                    len: p.value.len(),
                 },
             );
         }
@@ -482,7 +491,8 @@ impl<T: Token> Store<T> {
     fn read_entry(&self, name: &str, entry: &Entry) -> Result<Option<SecretData>> {
         let mut data = SecretData::new();
         for (key, obj) in &entry.keys {
-            let object = match self.token.read(obj.handle) {
+            let label = value_label(name, key);
+            let object = match self.token.read_sized(obj.handle, label.len(), obj.len) {
                 Ok(o) => o,
                 Err(e)
                     if matches!(
@@ -494,7 +504,7 @@ impl<T: Token> Store<T> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if object.label != value_label(name, key) || value_digest(&object.value) != obj.digest {
+            if object.label != label || value_digest(&object.value) != obj.digest {
                 return Ok(None);
             }
             data.insert(key.clone(), SecretValue::from(object.value));

@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Where Debian installs SoftHSM2's module.
 pub const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// OpenSC's PKCS#11 spy (Debian package opensc): a module that logs every call it passes on
+/// to the real module behind it.
+pub const PKCS11_SPY: &str = "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so";
 /// The user PIN of fixture tokens.
 pub const TEST_PIN: &str = "1234";
 /// The SO PIN of fixture tokens.
@@ -26,23 +29,6 @@ struct ProcessTokenDir {
 
 /// Prefix of the per-process token directories, followed by the process id.
 const DIR_PREFIX: &str = "hsm-store-softhsm-";
-
-/// Removes token directories of processes that are gone (a killed test cannot clean up).
-fn sweep_dead_process_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
 
 /// Removes this process's token directory when the process exits (statics are not dropped).
 // SAFETY (for `unsafe`): runs from the C runtime's exit handlers; it only reads a OnceLock
@@ -59,7 +45,8 @@ static PROCESS_DIR: OnceLock<ProcessTokenDir> = OnceLock::new();
 
 fn process_token_dir() -> &'static ProcessTokenDir {
     PROCESS_DIR.get_or_init(|| {
-        sweep_dead_process_dirs();
+        // A killed test cannot clean up: the next process sweeps its directory.
+        test_dirs::sweep_dead_process_dirs(DIR_PREFIX);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
@@ -87,6 +74,9 @@ fn process_token_dir() -> &'static ProcessTokenDir {
     })
 }
 
+/// Numbers fixture token labels within the process.
+static NEXT_TOKEN: AtomicU32 = AtomicU32::new(0);
+
 /// A fresh, initialised SoftHSM2 token.
 #[derive(Debug)]
 pub struct SoftHsm {
@@ -100,7 +90,6 @@ impl SoftHsm {
     /// Creates a new token with [`TEST_PIN`]. Panics with a clear message if SoftHSM2 is not
     /// installed (`cargo xtask test` installs it).
     pub fn new() -> SoftHsm {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
         assert!(
             Path::new(SOFTHSM2_MODULE).exists(),
             "SoftHSM2 is not installed ({SOFTHSM2_MODULE} missing): install the Debian package \
@@ -111,7 +100,27 @@ impl SoftHsm {
         let label = format!(
             "t{}-{}",
             std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
+            NEXT_TOKEN.fetch_add(1, Ordering::SeqCst)
+        );
+        module
+            .init_token(
+                &label,
+                &SecretString::from(TEST_SO_PIN),
+                &SecretString::from(TEST_PIN),
+            )
+            .expect("initialise a SoftHSM2 token");
+        SoftHsm { module, label }
+    }
+
+    /// A fresh token like [`SoftHsm::new`], through the module at `module` instead: one that
+    /// passes calls on to SoftHSM2, such as [`Pkcs11Spy::module`].
+    pub fn on_module(module: &str) -> SoftHsm {
+        process_token_dir();
+        let module = Module::load(module).expect("load the module");
+        let label = format!(
+            "t{}-{}",
+            std::process::id(),
+            NEXT_TOKEN.fetch_add(1, Ordering::SeqCst)
         );
         module
             .init_token(
@@ -194,4 +203,170 @@ impl std::io::Write for CapturedLogs {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// OpenSC's PKCS#11 spy in front of a real module, logging to a file in this process's
+/// temporary directory: counts the calls a module really receives, below any wrapper.
+#[derive(Debug)]
+pub struct Pkcs11Spy {
+    log: PathBuf,
+}
+
+impl Pkcs11Spy {
+    /// Puts the spy in front of `real` for this process. Call it before anything loads
+    /// [`PKCS11_SPY`] (the spy reads its settings once, when loaded), and load the spy through
+    /// [`Pkcs11Spy::module`]. Panics with a clear message if OpenSC is not installed.
+    pub fn in_front_of(real: &str) -> Pkcs11Spy {
+        static LOG: OnceLock<PathBuf> = OnceLock::new();
+        assert!(
+            Path::new(PKCS11_SPY).exists(),
+            "OpenSC's pkcs11-spy is not installed ({PKCS11_SPY} missing): install the Debian \
+             package opensc, or run `cargo xtask test`, which does"
+        );
+        let log = LOG.get_or_init(|| {
+            let log = process_token_dir().dir.join("pkcs11-spy.log");
+            // SAFETY: runs once, before this process loads the spy (which is what reads the
+            // variables, at load); see `process_token_dir` for the same reasoning.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::env::set_var("PKCS11SPY", real);
+                std::env::set_var("PKCS11SPY_OUTPUT", &log);
+            }
+            log
+        });
+        Pkcs11Spy { log: log.clone() }
+    }
+
+    /// The module to load: the spy.
+    pub fn module(&self) -> &'static str {
+        PKCS11_SPY
+    }
+
+    /// Every call logged so far, by function name (`C_GetAttributeValue`, …), in order.
+    pub fn calls(&self) -> Vec<String> {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|line| {
+                let (number, call) = line.split_once(": ")?;
+                (number.bytes().all(|b| b.is_ascii_digit())
+                    && !number.is_empty()
+                    && call.starts_with("C_")
+                    && call.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                .then(|| call.to_owned())
+            })
+            .collect()
+    }
+
+    /// How many calls were logged so far.
+    pub fn count(&self) -> usize {
+        self.calls().len()
+    }
+
+    /// The calls made while `f` ran: their number, and how many of each function.
+    pub fn during<R>(&self, f: impl FnOnce() -> R) -> (R, SpiedCalls) {
+        let before = self.count();
+        let result = f();
+        let calls = self.calls().split_off(before);
+        (result, SpiedCalls(calls))
+    }
+}
+
+/// Module calls seen by [`Pkcs11Spy::during`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpiedCalls(pub Vec<String>);
+
+impl SpiedCalls {
+    /// How many calls.
+    pub fn total(&self) -> usize {
+        self.0.len()
+    }
+
+    /// How many calls of each function, in name order (`C_FindObjects x2, …`).
+    pub fn by_function(&self) -> std::collections::BTreeMap<&str, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for call in &self.0 {
+            *counts.entry(call.as_str()).or_default() += 1;
+        }
+        counts
+    }
+}
+
+impl std::fmt::Display for SpiedCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .by_function()
+            .into_iter()
+            .map(|(call, n)| format!("{call} x{n}"))
+            .collect();
+        write!(f, "{} ({})", self.total(), parts.join(", "))
+    }
+}
+
+/// Every form `needle` could take in a log line or message: as text (and its `Debug`), as hex
+/// in either case, as base64 (standard and URL-safe), and as a Rust byte-array `Debug`
+/// (`86, 65, …`, also inside a longer array). Named, for the leak reports of [`leaks`].
+pub fn leak_forms(needle: &[u8]) -> Vec<(&'static str, String)> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let mut forms = vec![
+        ("hex", hex::encode(needle)),
+        ("HEX", hex::encode_upper(needle)),
+        ("base64", STANDARD_NO_PAD.encode(needle)),
+        ("base64url", URL_SAFE_NO_PAD.encode(needle)),
+        (
+            "byte-array Debug",
+            needle
+                .iter()
+                .map(u8::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+    ];
+    if let Ok(text) = std::str::from_utf8(needle) {
+        forms.push(("text", text.to_owned()));
+        forms.push(("Debug", format!("{text:?}")));
+    }
+    forms
+}
+
+/// Every `"<needle's name> as <form>"` found in `text` (see [`leak_forms`]): empty when
+/// nothing leaked. Capture logs without colour (`with_ansi(false)`), or escape codes can split
+/// a value.
+pub fn leaks(text: &str, needles: &[(&str, &[u8])]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (name, needle) in needles {
+        for (form, encoded) in leak_forms(needle) {
+            if text.contains(&encoded) {
+                found.push(format!("{name} as {form}"));
+            }
+        }
+    }
+    found
+}
+
+/// The variable that marks a benchmark's second run, under [`Pkcs11Spy`].
+const SPIED_RUN: &str = "HSM_BENCH_SPIED_RUN";
+
+/// For benchmarks that count module calls apart from timing (the spy's logging would slow
+/// the timed run): whether this is the spied run.
+pub fn is_spied_run() -> bool {
+    std::env::var_os(SPIED_RUN).is_some()
+}
+
+/// Runs this program again as its spied run ([`is_spied_run`] true there) and returns what it
+/// printed. Panics if it fails.
+pub fn rerun_spied() -> String {
+    let exe = std::env::current_exe().expect("the benchmark's own path");
+    let output = std::process::Command::new(exe)
+        .env(SPIED_RUN, "1")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run the benchmark again under pkcs11-spy");
+    assert!(
+        output.status.success(),
+        "the spied run failed: {}",
+        output.status
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -343,3 +343,223 @@ fn on_the_card_every_removal_leaves_old_or_new(
         );
     }
 }
+
+/// The card applies an APDU of a write and is pulled before it answers (the command took
+/// effect, the host never hears so), after every APDU in turn: a new process finds the old
+/// or the new secret.
+#[rstest]
+fn on_the_card_every_lost_answer_leaves_old_or_new(
+    #[values(Op::Create, Op::OverwriteChangingKeys, Op::Tombstone, Op::Delete)] op: Op,
+    #[values(0, 1)] shard: u64,
+) {
+    let rig = CardRig::new(op);
+    let (before, after, _, apdus) = card_reference(&rig, op);
+    let mut checked = 0;
+    for cut in (1..=apdus).filter(|cut| cut % 2 == shard) {
+        rig.reset();
+        let store = rig.fresh.store();
+        let applied = rig.card().apdu_count() + cut;
+        rig.card().lose_answer_after(cut);
+        let acknowledged = run(&store, op).is_ok();
+        drop(store);
+        assert!(
+            rig.card().apdu_count() >= applied,
+            "{op:?}: APDU {cut} was not reached"
+        );
+        rig.reinsert();
+        let new = rig.check(
+            op,
+            &before,
+            &after,
+            &format!("answer to APDU {cut}/{apdus} lost"),
+        );
+        assert!(
+            new || !acknowledged,
+            "{op:?} answer to APDU {cut} lost: acknowledged but the old value is there"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0);
+}
+
+/// Power fails inside an UPDATE BINARY of a write: the file holds the first half of what
+/// that command carried (the card gives no atomicity within one UPDATE BINARY), the answer
+/// never comes. Every UPDATE BINARY of the write in turn: old or new, never a mix.
+#[rstest]
+fn on_the_card_every_torn_update_leaves_old_or_new(
+    #[values(Op::Create, Op::OverwriteChangingKeys, Op::Tombstone, Op::Delete)] op: Op,
+) {
+    let rig = CardRig::new(op);
+    rig.reset();
+    let store = Store::open(rig.fresh.token()).unwrap();
+    let before = state(&store, "s");
+    let logged = rig.card().apdu_log().len();
+    run(&store, op).unwrap();
+    let sent = rig.card().apdu_log()[logged..].to_vec();
+    let after = state(&store, "s");
+    drop(store);
+    // Which APDUs of the write are UPDATE BINARY with data to tear.
+    let updates: Vec<u64> = sent
+        .iter()
+        .enumerate()
+        .filter(|(_, apdu)| apdu.header[1] == 0xD7)
+        .map(|(i, _)| i as u64 + 1)
+        .collect();
+    assert!(!updates.is_empty(), "{op:?} wrote no file");
+    for &cut in &updates {
+        rig.reset();
+        let store = rig.fresh.store();
+        rig.card().tear_at(cut);
+        assert!(
+            run(&store, op).is_err(),
+            "{op:?} torn in APDU {cut} still succeeded"
+        );
+        drop(store);
+        rig.reinsert();
+        rig.check(op, &before, &after, &format!("torn inside APDU {cut}"));
+    }
+}
+
+/// Asked by [`every_cut_is_old_or_new_in_a_new_process`] to play the new process: the
+/// token's label and whether relabelling is allowed.
+const CHILD_LABEL: &str = "HSM_STORE_CRASH_CHILD_LABEL";
+const CHILD_RELABEL: &str = "HSM_STORE_CRASH_CHILD_RELABEL";
+
+/// A write cut at every call, then the token opened by a new process that loads SoftHSM2
+/// afresh (nothing of the writer's module state survives, as after a real crash): old or
+/// new, the neighbours whole, no journal left. The same test, run with [`CHILD_LABEL`] set,
+/// is that new process.
+#[test]
+fn every_cut_is_old_or_new_in_a_new_process() {
+    if let Ok(label) = std::env::var(CHILD_LABEL) {
+        return child_reopens(&label, std::env::var(CHILD_RELABEL).as_deref() == Ok("1"));
+    }
+    for op in [
+        Op::Create,
+        Op::OverwriteChangingKeys,
+        Op::Tombstone,
+        Op::Delete,
+    ] {
+        for relabel in [true, false] {
+            let (before, after, calls) = reference(Backend::SoftHsm, op, relabel);
+            let mut saw = (0, 0);
+            for cut in 1..=calls {
+                let fresh = Fresh::new(Backend::SoftHsm);
+                prepare(&fresh.store(), op);
+                let token = Arc::new(InstrumentedToken::new(fresh.token()));
+                if !relabel {
+                    token.refuse_relabel();
+                }
+                let store = Store::open(token.clone()).unwrap();
+                token.cut_after(cut);
+                assert!(run(&store, op).is_err(), "{op:?} cut at {cut} succeeded");
+                // The writer's sessions close, as its process ends.
+                drop(store);
+                drop(token);
+                let Fresh::SoftHsm(hsm) = &fresh else {
+                    unreachable!()
+                };
+                let found = state_in_a_new_process(&hsm.label, relabel);
+                if found == format!("{before:?}") {
+                    saw.0 += 1;
+                } else if found == format!("{after:?}") {
+                    saw.1 += 1;
+                } else {
+                    panic!("{op:?} cut at {cut}/{calls}: neither old nor new: {found}");
+                }
+            }
+            assert!(
+                saw.0 > 0 && saw.1 > 0,
+                "{op:?}: old {} new {}",
+                saw.0,
+                saw.1
+            );
+        }
+    }
+}
+
+/// Runs this test binary as the new process on the token `label`; returns the state of `s`
+/// it found (as `Debug`).
+fn state_in_a_new_process(label: &str, relabel: bool) -> String {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "every_cut_is_old_or_new_in_a_new_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_LABEL, label)
+        .env(CHILD_RELABEL, if relabel { "1" } else { "0" })
+        .output()
+        .expect("run the new process");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the new process failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|line| line.split_once("STATE ").map(|(_, state)| state))
+        .unwrap_or_else(|| panic!("no state from the new process: {stdout}"))
+        .to_owned()
+}
+
+/// The new process: loads SoftHSM2 (the configuration comes through the environment from
+/// the writer), opens the token, and reports what it finds.
+fn child_reopens(label: &str, relabel: bool) {
+    let module = hsm_store::Module::load(hsm_store::testing::SOFTHSM2_MODULE).unwrap();
+    let open = || {
+        hsm_store::Pkcs11Token::open(
+            &module,
+            &hsm_store::TokenSelector::Label(label.to_owned()),
+            &hsm_store::testing::TEST_PIN.into(),
+        )
+        .unwrap()
+    };
+    let token = Arc::new(InstrumentedToken::new(open()));
+    if !relabel {
+        token.refuse_relabel();
+    }
+    let store = Store::open(token).unwrap();
+    let found = state(&store, "s");
+    assert_untouched_and_clean(&store, &open());
+    println!("STATE {found:?}");
+}
+
+/// A module that cannot relabel commits a write by copying its journal into place; a copy
+/// torn part way (power lost inside the card's write) stands under the metadata label with
+/// half the journal's bytes. Recovery replaces it with a whole copy: the new secret, with its
+/// metadata.
+#[test]
+fn a_torn_copy_of_a_committing_journal_is_replaced() {
+    use hsm_store::token::{MemoryToken, NewObject};
+    let memory = Arc::new(MemoryToken::new());
+    let token = Arc::new(InstrumentedToken::new(memory.clone()));
+    token.refuse_relabel();
+    let store = Store::open(token.clone()).unwrap();
+    prepare(&store, Op::Create);
+    // Create: three values and the journal (4 calls), the refused relabel, then the copy.
+    token.cut_after(6);
+    run(&store, Op::Create).unwrap_err();
+    drop(store);
+    let journal = memory
+        .find(APPLICATION, None)
+        .unwrap()
+        .into_iter()
+        .map(|h| memory.read(h).unwrap())
+        .find(|o| o.label.starts_with(JOURNAL_PREFIX))
+        .expect("the journal is left");
+    memory
+        .create(&NewObject {
+            label: "s/_metadata",
+            application: APPLICATION,
+            object_id: hsm_store::layout::DataType::Json.oid_der(),
+            value: &journal.value[..journal.value.len() / 2],
+        })
+        .unwrap();
+    let reopened = Store::open(memory.clone()).unwrap();
+    let now = state(&reopened, "s");
+    assert_eq!(now.metadata.map(|m| m.description), Some("new".into()));
+    assert_untouched_and_clean(&reopened, memory.as_ref());
+}

@@ -45,6 +45,17 @@ fn a_missing_module_is_a_load_error() {
     let not_a_module = tempfile::NamedTempFile::new().unwrap();
     let err = Module::load(not_a_module.path()).unwrap_err();
     assert!(matches!(err, StoreError::ModuleLoad { .. }), "{err:?}");
+    // The loader's own error is kept as the source, and reaches a message through the chain.
+    let loader = std::error::Error::source(&err).expect("a source");
+    assert!(
+        std::error::Error::source(loader).is_some(),
+        "the dlopen error is kept: {loader:?}"
+    );
+    let text = hsm_store::error::chain(&err);
+    assert!(
+        text.starts_with("cannot load PKCS#11 module") && text.contains("not a PKCS#11 library: "),
+        "{text}"
+    );
     assert!(std::path::Path::new(SOFTHSM2_MODULE).exists());
 }
 

@@ -1,7 +1,14 @@
 //! Command-line arguments.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
 use std::path::PathBuf;
+
+/// A PIN argument, taken into a [`SecretString`] as it is parsed, so that `Debug` of the
+/// arguments shows `[REDACTED]`.
+pub fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
+}
 
 /// Debian's SoftHSM2 module: the default for local use.
 pub const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -44,8 +51,8 @@ pub struct Global {
     #[arg(long, global = true)]
     pub pin_file: Option<PathBuf>,
     /// The user PIN (prefer --pin-file or HSM_PIN).
-    #[arg(long, env = "HSM_PIN", hide_env_values = true, global = true)]
-    pub pin: Option<String>,
+    #[arg(long, env = "HSM_PIN", hide_env_values = true, global = true, value_parser = secret)]
+    pub pin: Option<SecretString>,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
@@ -75,8 +82,8 @@ pub enum Command {
         #[arg(long)]
         so_pin_file: Option<PathBuf>,
         /// The security officer PIN.
-        #[arg(long, env = "HSM_SO_PIN", hide_env_values = true)]
-        so_pin: Option<String>,
+        #[arg(long, env = "HSM_SO_PIN", hide_env_values = true, value_parser = secret)]
+        so_pin: Option<SecretString>,
     },
     /// Token facts and how many secrets it holds.
     Info,
@@ -115,4 +122,29 @@ pub enum Command {
         #[arg(long)]
         key: Option<String>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn pins_on_the_command_line_never_show_in_debug() {
+        let cli = Cli::try_parse_from([
+            "hsmctl",
+            "--pin",
+            "80417362",
+            "init-token",
+            "--label",
+            "t",
+            "--so-pin",
+            "31415926",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.pin.as_ref().unwrap().expose_secret(), "80417362");
+        let shown = format!("{cli:?} {cli:#?}");
+        assert!(!shown.contains("80417362"), "{shown}");
+        assert!(!shown.contains("31415926"), "{shown}");
+    }
 }

@@ -14,7 +14,7 @@ use hsm_store::{
     MetadataChange, Module, Pkcs11Token, SecretData, SecretMetadata, SecretStore, SecretValue,
     Store, StoreError, TokenSelector,
 };
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
@@ -64,7 +64,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("hsmctl: error: {failure}");
+            eprintln!("hsmctl: error: {}", hsm_store::error::chain(&failure));
             ExitCode::from(failure.exit_code())
         }
     }
@@ -177,7 +177,7 @@ fn user_pin(global: &Global) -> Result<SecretString, Failure> {
 }
 
 /// A PIN from a file (trailing newline dropped) or a value; never echoed.
-fn read_pin(file: Option<&Path>, value: Option<String>) -> Result<SecretString, Failure> {
+fn read_pin(file: Option<&Path>, value: Option<SecretString>) -> Result<SecretString, Failure> {
     let pin = match (file, value) {
         (Some(path), _) => {
             let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
@@ -187,15 +187,15 @@ fn read_pin(file: Option<&Path>, value: Option<String>) -> Result<SecretString, 
                     e.kind()
                 ))
             })?);
-            text.trim_end_matches(['\n', '\r']).to_owned()
+            SecretString::from(text.trim_end_matches(['\n', '\r']))
         }
         (None, Some(value)) => value,
         (None, None) => return Err(Failure::NoPin),
     };
-    if pin.is_empty() {
+    if pin.expose_secret().is_empty() {
         return Err(Failure::NoPin);
     }
-    Ok(SecretString::from(pin))
+    Ok(pin)
 }
 
 /// `KEY=VALUE` and `KEY=@FILE` pairs, plus one key from stdin.

@@ -214,6 +214,20 @@ impl Card {
         data
     }
 
+    /// Applies `bytes` as a card losing power in the middle of it would: an UPDATE BINARY
+    /// writes its data in order, so only the first half of it reaches the file (the
+    /// SmartCard-HSM gives no atomicity within one UPDATE BINARY); every other command is
+    /// all or nothing, and is not applied. Nothing is answered. Returns whether anything
+    /// was written.
+    pub fn process_torn(&mut self, bytes: &[u8]) -> bool {
+        match Apdu::parse(bytes) {
+            Ok(apdu) if (apdu.cla, apdu.ins) == (0x00, 0xD7) => {
+                self.write_binary(&apdu, true).is_ok()
+            }
+            _ => false,
+        }
+    }
+
     fn dispatch(&mut self, apdu: &Apdu) -> Result<Vec<u8>, u16> {
         match (apdu.cla, apdu.ins) {
             (0xFF, _) => Err(sw::CLA_NOT_SUPPORTED),
@@ -442,6 +456,11 @@ impl Card {
     }
 
     fn update_binary(&mut self, apdu: &Apdu) -> Result<Vec<u8>, u16> {
+        self.write_binary(apdu, false)
+    }
+
+    /// UPDATE BINARY; `torn`: only the first half of the command's data is written.
+    fn write_binary(&mut self, apdu: &Apdu, torn: bool) -> Result<Vec<u8>, u16> {
         if !self.selected {
             return Err(sw::FILE_NOT_FOUND);
         }
@@ -463,6 +482,7 @@ impl Card {
             .find(|(t, _)| *t == 0x53)
             .map(|(_, v)| *v)
             .ok_or(sw::WRONG_DATA)?;
+        let data = if torn { &data[..data.len() / 2] } else { data };
         let file = self.files.entry(fid).or_default();
         if offset > file.len() {
             return Err(sw::WRONG_PARAMS);

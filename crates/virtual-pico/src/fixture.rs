@@ -70,27 +70,6 @@ impl std::fmt::Debug for PicoFixture {
 /// Prefix of the fixtures' temporary directories, followed by the process id.
 const DIR_PREFIX: &str = "virtual-pico-";
 
-/// Removes the directories of fixtures whose process is gone: a killed test cannot clean up
-/// (its pcscd dies with it, see `PR_SET_PDEATHSIG` below, but its directory stays).
-fn sweep_dead_process_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        if pid.bytes().all(|b| b.is_ascii_digit())
-            && !pid.is_empty()
-            && !Path::new("/proc").join(pid).exists()
-        {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
 fn free_port() -> Result<u16, FixtureError> {
     // vpcd opens the port and the next one (two readers).
     for _ in 0..50 {
@@ -139,7 +118,9 @@ impl PicoFixture {
             let what = what.to_owned();
             move |e: std::io::Error| FixtureError::Step(format!("{what}: {e}"))
         };
-        sweep_dead_process_dirs();
+        // A killed test cannot clean up: its pcscd dies with it (`PR_SET_PDEATHSIG` below),
+        // but its directory stays until the next fixture sweeps it.
+        test_dirs::sweep_dead_process_dirs(DIR_PREFIX);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()

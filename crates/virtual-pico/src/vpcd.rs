@@ -43,6 +43,8 @@ struct Shared {
     apdus: AtomicU64,
     /// 0: never; else the card drops out after this many more APDUs.
     drop_at: AtomicU64,
+    /// How the APDU at `drop_at` ends (see [`DropMode`]).
+    drop_mode: Mutex<DropMode>,
     log: Mutex<Vec<LoggedApdu>>,
     connected: AtomicBool,
     /// pcscd has powered the card up since it connected: it has recognised the card.
@@ -56,6 +58,19 @@ struct Shared {
 struct Saved {
     path: PathBuf,
     last: zeroize::Zeroizing<Vec<u8>>,
+}
+
+/// How the card drops out at the APDU [`VirtualCard::drop_after`] and its kin name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DropMode {
+    /// The card answers that APDU, then is gone.
+    AfterAnswer,
+    /// The card applies that APDU, then is gone before answering: the command took effect
+    /// but the host never hears so.
+    AnswerLost,
+    /// Power fails inside that APDU: an UPDATE BINARY writes only the first half of its
+    /// data (other commands are all or nothing, and do not happen); nothing is answered.
+    Torn,
 }
 
 /// SW 6581: memory failure (the card could not write its flash).
@@ -114,6 +129,7 @@ impl VirtualCard {
             latency_us: AtomicU64::new(0),
             apdus: AtomicU64::new(0),
             drop_at: AtomicU64::new(0),
+            drop_mode: Mutex::new(DropMode::AfterAnswer),
             log: Mutex::new(Vec::new()),
             connected: AtomicBool::new(false),
             recognised: AtomicBool::new(false),
@@ -180,6 +196,23 @@ impl VirtualCard {
 
     /// The card drops out (as if unplugged) after answering `n` more APDUs.
     pub fn drop_after(&self, n: u64) {
+        self.drop_at(n, DropMode::AfterAnswer);
+    }
+
+    /// The card applies `n` more APDUs and drops out before answering the last: a command
+    /// that took effect, whose answer is lost.
+    pub fn lose_answer_after(&self, n: u64) {
+        self.drop_at(n, DropMode::AnswerLost);
+    }
+
+    /// The card answers `n - 1` more APDUs and loses power inside the `n`-th: an UPDATE
+    /// BINARY is half written ([`Card::process_torn`]), any other command does not happen.
+    pub fn tear_at(&self, n: u64) {
+        self.drop_at(n, DropMode::Torn);
+    }
+
+    fn drop_at(&self, n: u64, mode: DropMode) {
+        *self.shared.drop_mode.lock().expect("drop mode") = mode;
         let now = self.shared.apdus.load(Ordering::SeqCst);
         self.shared.drop_at.store(now + n, Ordering::SeqCst);
     }
@@ -326,7 +359,21 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
             }
             [4] => Some(ATR.to_vec()),
             [] | [_] => None,
-            apdu => Some(answer(apdu, shared)),
+            apdu => {
+                let drop_at = shared.drop_at.load(Ordering::SeqCst);
+                let last = drop_at != 0 && shared.apdus.load(Ordering::SeqCst) + 1 >= drop_at;
+                match *shared.drop_mode.lock().expect("drop mode") {
+                    DropMode::AnswerLost if last => {
+                        answer(apdu, shared);
+                        return pulled(shared);
+                    }
+                    DropMode::Torn if last => {
+                        tear(apdu, shared);
+                        return pulled(shared);
+                    }
+                    _ => Some(answer(apdu, shared)),
+                }
+            }
         };
         if let Some(reply) = reply {
             let mut frame = (reply.len() as u16).to_be_bytes().to_vec();
@@ -342,6 +389,21 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
             return;
         }
     }
+}
+
+/// The card is gone: no more APDUs until it is plugged back in.
+fn pulled(shared: &Shared) {
+    shared.drop_at.store(0, Ordering::SeqCst);
+    shared.inserted.store(false, Ordering::SeqCst);
+}
+
+/// Applies `apdu` torn in the middle (see [`DropMode::Torn`]), counting it as sent.
+fn tear(apdu: &[u8], shared: &Shared) {
+    let mut card = shared.card.lock().expect("card");
+    if card.process_torn(apdu) {
+        let _ = persist(&card, shared);
+    }
+    shared.apdus.fetch_add(1, Ordering::SeqCst);
 }
 
 /// Sends any pending ACK now and keeps the socket out of delayed-ACK mode until the kernel

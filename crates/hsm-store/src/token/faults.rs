@@ -57,6 +57,13 @@ pub struct InstrumentedToken<T> {
     relabel_supported: std::sync::atomic::AtomicBool,
     /// 0 = never cut; otherwise the 1-based number of the first failing call.
     cut_at: AtomicU64,
+    /// Whether cut calls report the token gone ([`TokenErrorKind::TokenLost`], as a pulled
+    /// card) rather than a failed call ([`TokenErrorKind::Injected`]).
+    cut_loses_token: std::sync::atomic::AtomicBool,
+    /// Whether a call has failed at the cut since it was set (stays set after [`heal`]).
+    ///
+    /// [`heal`]: InstrumentedToken::heal
+    fired: std::sync::atomic::AtomicBool,
 }
 
 impl<T: Token> InstrumentedToken<T> {
@@ -73,11 +80,24 @@ impl<T: Token> InstrumentedToken<T> {
             calls: AtomicU64::new(0),
             relabel_supported: std::sync::atomic::AtomicBool::new(true),
             cut_at: AtomicU64::new(0),
+            cut_loses_token: std::sync::atomic::AtomicBool::new(false),
+            fired: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// From now on, the `n`-th call from now (1-based) and every call after it fail.
     pub fn cut_after(&self, n: u64) {
+        self.cut_loses_token.store(false, SeqCst);
+        self.fired.store(false, SeqCst);
+        self.cut_at.store(self.calls.load(SeqCst) + n, SeqCst);
+    }
+
+    /// Like [`cut_after`](Self::cut_after), but the failing calls report the token gone
+    /// ([`TokenErrorKind::TokenLost`]), as when a card is pulled: callers drop the token and
+    /// open it again.
+    pub fn lose_after(&self, n: u64) {
+        self.cut_loses_token.store(true, SeqCst);
+        self.fired.store(false, SeqCst);
         self.cut_at.store(self.calls.load(SeqCst) + n, SeqCst);
     }
 
@@ -92,10 +112,9 @@ impl<T: Token> InstrumentedToken<T> {
         self.cut_at.store(0, SeqCst);
     }
 
-    /// Whether a cut has fired.
+    /// Whether a call has failed at the cut set last (also once healed).
     pub fn was_cut(&self) -> bool {
-        let cut = self.cut_at.load(SeqCst);
-        cut != 0 && self.calls.load(SeqCst) >= cut
+        self.fired.load(SeqCst)
     }
 
     /// The counts so far.
@@ -119,10 +138,13 @@ impl<T: Token> InstrumentedToken<T> {
         let n = self.calls.fetch_add(1, SeqCst) + 1;
         let cut = self.cut_at.load(SeqCst);
         if cut != 0 && n >= cut {
-            return Err(TokenError {
-                call,
-                kind: TokenErrorKind::Injected,
-            });
+            self.fired.store(true, SeqCst);
+            let kind = if self.cut_loses_token.load(SeqCst) {
+                TokenErrorKind::TokenLost
+            } else {
+                TokenErrorKind::Injected
+            };
+            return Err(TokenError { call, kind });
         }
         counter.fetch_add(1, SeqCst);
         Ok(())
@@ -137,6 +159,15 @@ impl<T: Token> Token for InstrumentedToken<T> {
     fn read(&self, handle: Handle) -> Result<StoredObject, TokenError> {
         self.enter(&self.read, "C_GetAttributeValue")?;
         self.inner.read(handle)
+    }
+    fn read_sized(
+        &self,
+        handle: Handle,
+        label_len: usize,
+        value_len: usize,
+    ) -> Result<StoredObject, TokenError> {
+        self.enter(&self.read, "C_GetAttributeValue")?;
+        self.inner.read_sized(handle, label_len, value_len)
     }
     fn create(&self, object: &NewObject<'_>) -> Result<Handle, TokenError> {
         self.enter(&self.create, "C_CreateObject")?;

@@ -116,6 +116,19 @@ pub trait Token: Send + Sync {
     fn find(&self, application: &str, label: Option<&str>) -> Result<Vec<Handle>, TokenError>;
     /// `C_GetAttributeValue` of label and value.
     fn read(&self, handle: Handle) -> Result<StoredObject, TokenError>;
+    /// Label and value when their lengths are known (from the index): one
+    /// `C_GetAttributeValue` with buffers of those sizes, where [`read`](Token::read) needs a
+    /// second call to learn them. An object whose label or value no longer has that length
+    /// is read as by `read`.
+    fn read_sized(
+        &self,
+        handle: Handle,
+        label_len: usize,
+        value_len: usize,
+    ) -> Result<StoredObject, TokenError> {
+        let _ = (label_len, value_len);
+        self.read(handle)
+    }
     /// `C_CreateObject` of a private data token object.
     fn create(&self, object: &NewObject<'_>) -> Result<Handle, TokenError>;
     /// `C_DestroyObject`.
@@ -133,6 +146,14 @@ impl<T: Token + ?Sized> Token for Arc<T> {
     }
     fn read(&self, handle: Handle) -> Result<StoredObject, TokenError> {
         (**self).read(handle)
+    }
+    fn read_sized(
+        &self,
+        handle: Handle,
+        label_len: usize,
+        value_len: usize,
+    ) -> Result<StoredObject, TokenError> {
+        (**self).read_sized(handle, label_len, value_len)
     }
     fn create(&self, object: &NewObject<'_>) -> Result<Handle, TokenError> {
         (**self).create(object)

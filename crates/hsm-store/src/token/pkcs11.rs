@@ -6,9 +6,10 @@
 //! pool always keeps one open so the login, which belongs to the token, is never lost.
 
 use super::{Handle, NewObject, StoredObject, Token, TokenError, TokenErrorKind, TokenInfo};
-use crate::error::{Result, StoreError};
+use crate::error::{LoadError, Result, StoreError};
+use cryptoki::context::Function;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::error::{Error as CkError, Rv, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
@@ -28,7 +29,11 @@ pub struct Module {
     /// OpenSC reads `CKA_APPLICATION` as a NUL-terminated C string and ignores its length:
     /// without a NUL it stores bytes read past the value. On such a module the store writes
     /// the NUL and recognises its objects by comparing what is stored (see [`app_matches`]).
+    /// OpenSC also relabels in place, not atomically (see [`Pkcs11Token::relabel`]).
     c_string_application: bool,
+    /// The module's own `C_GetAttributeValue`, for reads whose buffer sizes are known:
+    /// cryptoki's `get_attributes` always asks for the sizes first, two calls per read.
+    get_attribute_value: cryptoki_sys::CK_C_GetAttributeValue,
 }
 
 impl std::fmt::Debug for Module {
@@ -50,26 +55,28 @@ impl Module {
         if let Some(module) = modules.get(&path) {
             return Ok(module.clone());
         }
-        let load_error = |reason: String| StoreError::ModuleLoad {
+        let load_error = |source: LoadError| StoreError::ModuleLoad {
             path: path.display().to_string(),
-            reason,
+            source,
         };
         if !path.exists() {
-            return Err(load_error("no such file".into()));
+            return Err(load_error(LoadError::Missing));
         }
-        let ctx = Pkcs11::new(&path).map_err(|e| load_error(e.to_string()))?;
+        let ctx = Pkcs11::new(&path).map_err(|e| load_error(LoadError::Library(e)))?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(load_error(format!("C_Initialize: {e}"))),
+            Err(e) => return Err(load_error(LoadError::Initialize(e))),
         }
         let c_string_application = ctx
             .get_library_info()
             .map(|info| info.manufacturer_id().contains("OpenSC"))
             .unwrap_or(false);
+        let get_attribute_value = raw_get_attribute_value(&path);
         let module = Module {
             path,
             ctx,
             c_string_application,
+            get_attribute_value,
         };
         modules.insert(module.path.clone(), module.clone());
         Ok(module)
@@ -161,6 +168,29 @@ impl Module {
             .get_token_info(free)
             .map_err(|e| map_error("C_GetTokenInfo", e))?;
         Ok(token_info(&info))
+    }
+}
+
+/// The `C_GetAttributeValue` of the module at `path`, from its function list; `None` if the
+/// module does not give one (reads then take cryptoki's two calls).
+fn raw_get_attribute_value(path: &Path) -> cryptoki_sys::CK_C_GetAttributeValue {
+    // SAFETY: `path` is the module cryptoki has just loaded and initialised; loading the same
+    // path again gives the same instance (the dynamic loader counts references), so its
+    // functions act on the sessions cryptoki opens. The second reference is leaked: like the
+    // module itself (kept in `loaded_modules`), it stays loaded for the life of the process,
+    // so the function pointer never dangles.
+    #[allow(unsafe_code)]
+    unsafe {
+        let library = cryptoki_sys::Pkcs11::new(path).ok()?;
+        let library: &'static cryptoki_sys::Pkcs11 = Box::leak(Box::new(library));
+        if library.C_GetFunctionList.is_err() {
+            return None;
+        }
+        let mut list: *mut cryptoki_sys::CK_FUNCTION_LIST = std::ptr::null_mut();
+        if library.C_GetFunctionList(&mut list) != cryptoki_sys::CKR_OK || list.is_null() {
+            return None;
+        }
+        (*list).C_GetAttributeValue
     }
 }
 
@@ -302,6 +332,18 @@ impl Pkcs11Token {
     }
 }
 
+/// A template entry for `C_GetAttributeValue` into `buffer`.
+fn raw_attribute(
+    kind: cryptoki_sys::CK_ATTRIBUTE_TYPE,
+    buffer: &mut [u8],
+) -> cryptoki_sys::CK_ATTRIBUTE {
+    cryptoki_sys::CK_ATTRIBUTE {
+        type_: kind,
+        pValue: buffer.as_mut_ptr().cast(),
+        ulValueLen: buffer.len() as cryptoki_sys::CK_ULONG,
+    }
+}
+
 fn object_handle(handle: Handle) -> ObjectHandle {
     // SAFETY: every handle the store passes here came from this module's C_FindObjects or
     // C_CreateObject; a stale one is rejected by the module with CKR_OBJECT_HANDLE_INVALID.
@@ -369,6 +411,76 @@ impl Token for Pkcs11Token {
         }
     }
 
+    /// One `C_GetAttributeValue` into buffers of the known sizes. An object whose label or
+    /// value has grown since (`CKR_BUFFER_TOO_SMALL`) is read again the long way; one that
+    /// shrank comes back shorter; the store's digest check notices either.
+    fn read_sized(
+        &self,
+        handle: Handle,
+        label_len: usize,
+        value_len: usize,
+    ) -> Result<StoredObject, TokenError> {
+        let Some(get_attribute_value) = self.module.get_attribute_value else {
+            return self.read(handle);
+        };
+        let mut label = vec![0u8; label_len];
+        let mut value = Zeroizing::new(vec![0u8; value_len]);
+        let mut template = [
+            raw_attribute(cryptoki_sys::CKA_LABEL, &mut label),
+            raw_attribute(cryptoki_sys::CKA_VALUE, &mut value),
+        ];
+        let fits = self.with_session("C_GetAttributeValue", |s| {
+            // SAFETY: the template's two buffers live until after the call and their
+            // lengths are what the template says; the session and the object handle
+            // belong to this module (see `object_handle`).
+            #[allow(unsafe_code)]
+            let rv = unsafe {
+                get_attribute_value(
+                    s.handle(),
+                    handle as cryptoki_sys::CK_OBJECT_HANDLE,
+                    template.as_mut_ptr(),
+                    template.len() as cryptoki_sys::CK_ULONG,
+                )
+            };
+            match rv {
+                cryptoki_sys::CKR_BUFFER_TOO_SMALL => Ok(false),
+                rv => Rv::from(rv)
+                    .into_result(Function::GetAttributeValue)
+                    .map(|()| true),
+            }
+        });
+        match fits {
+            Ok(true) => {}
+            Ok(false) => return self.read(handle),
+            Err(e) if is_general_error(&e) => return Err(self.ghost_or(handle, e)),
+            Err(e) => return Err(e),
+        }
+        let returned =
+            |attribute: &cryptoki_sys::CK_ATTRIBUTE, capacity: usize| match usize::try_from(
+                attribute.ulValueLen,
+            ) {
+                Ok(len) if len <= capacity => Some(len),
+                _ => None,
+            };
+        match (
+            returned(&template[0], label_len),
+            returned(&template[1], value_len),
+        ) {
+            (Some(label_returned), Some(value_returned)) => {
+                label.truncate(label_returned);
+                value.truncate(value_returned);
+                Ok(StoredObject {
+                    label: String::from_utf8_lossy(&label).into_owned(),
+                    value,
+                })
+            }
+            _ => Err(TokenError {
+                call: "C_GetAttributeValue",
+                kind: TokenErrorKind::Other("label or value unavailable".into()),
+            }),
+        }
+    }
+
     fn create(&self, object: &NewObject<'_>) -> Result<Handle, TokenError> {
         let mut application = object.application.as_bytes().to_vec();
         if self.module.c_string_application {
@@ -394,7 +506,19 @@ impl Token for Pkcs11Token {
         })
     }
 
+    /// Refused ([`TokenErrorKind::Unsupported`]) on OpenSC: it relabels a data object by
+    /// rewriting the object's description file in place, in one UPDATE BINARY. A card that
+    /// loses power inside that command is left with a description it cannot parse, and the
+    /// object — a write's journal, at its commit — vanishes, with the write's values already
+    /// in place. The store then commits by copying the journal and destroying it, which
+    /// keeps the journal until the copy is whole.
     fn relabel(&self, handle: Handle, label: &str) -> Result<(), TokenError> {
+        if self.module.c_string_application {
+            return Err(TokenError {
+                call: "C_SetAttributeValue",
+                kind: TokenErrorKind::Unsupported,
+            });
+        }
         self.with_session("C_SetAttributeValue", |s| {
             s.update_attributes(
                 object_handle(handle),
