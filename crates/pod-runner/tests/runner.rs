@@ -550,3 +550,70 @@ async fn a_daemon_set_gets_one_pod_on_a_matching_node_and_its_status_counts() {
     let info = get(&ip(&pods[0]), 18109, "/info").unwrap();
     assert!(info.contains("env=V=2\n"));
 }
+
+#[tokio::test]
+async fn a_template_change_is_recreated_old_pod_gone_before_the_new_one_runs() {
+    let c = Cluster::start().await;
+    c.apply::<Deployment>(deployment(
+        "roll",
+        1,
+        echo(18111, json!([{"name": "V", "value": "1"}])),
+        json!({}),
+    ))
+    .await;
+    let old = c
+        .pods_until("app=roll", "a ready pod", |p| p.len() == 1 && ready(&p[0]))
+        .await
+        .remove(0);
+    c.apply::<Deployment>(deployment(
+        "roll",
+        1,
+        echo(18111, json!([{"name": "V", "value": "2"}])),
+        json!({}),
+    ))
+    .await;
+    // Until the new pod is ready, never does a new pod exist beside a live or terminating old one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pods = c
+            .pods()
+            .list(&ListParams::default().labels("app=roll"))
+            .await
+            .unwrap()
+            .items;
+        let (olds, news): (Vec<&Pod>, Vec<&Pod>) = pods
+            .iter()
+            .partition(|p| p.labels()["pod-template-hash"] == old.labels()["pod-template-hash"]);
+        assert!(
+            olds.is_empty() || news.is_empty(),
+            "old and new pods together"
+        );
+        if olds.is_empty() && news.len() == 1 && ready(news[0]) {
+            let info = get(&ip(news[0]), 18111, "/info").unwrap();
+            assert!(info.contains("env=V=2\n"), "{info}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new pod");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_liveness_probe_restarts_the_container() {
+    let c = Cluster::start().await;
+    let mut container = echo(18112, json!([]));
+    // Nothing listens on port 1 of the pod's address.
+    container["livenessProbe"] =
+        json!({"tcpSocket": {"port": 1}, "periodSeconds": 1, "failureThreshold": 1});
+    c.apply::<Deployment>(deployment("unlive", 1, container, json!({})))
+        .await;
+    c.pods_until("app=unlive", "a restart", |p| {
+        p.len() == 1
+            && p[0]
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|cs| cs[0].restart_count >= 1)
+    })
+    .await;
+}
