@@ -27,6 +27,23 @@
 //! clear error on the Pod's status (phase Failed, the container waiting with a reason), never
 //! a crash. Containers' output goes to a log file per container: [`PodRunner::log_path`].
 //!
+//! Differences from a real cluster, on purpose or for now:
+//!
+//! - one node; several runners on one API server would each create the Deployments' pods;
+//! - every Deployment is rolled out as `Recreate`; Deployment pods have no ReplicaSet;
+//!   tolerations, taints and resource requests play no part in placing a pod; a pod that
+//!   may not run on the node stays unbound, with no status;
+//! - a container's `command[0]`, when given, must name the image's executable (its file
+//!   name); the executable always comes from the image table;
+//! - volumes: Secret, ConfigMap, emptyDir and mapped hostPath only (projected and
+//!   downwardAPI volumes fail the pod); env: no `resourceFieldRef`; probes: httpGet over
+//!   HTTP and tcpSocket (exec and gRPC probes fail the pod); a failed init container fails
+//!   the pod rather than being retried;
+//! - containers get only the environment the spec gives them, plus `PATH`, `HOSTNAME` and
+//!   [`RunnerConfig::pod_env`]; no service-account token is mounted;
+//! - Secret and ConfigMap files are refreshed every [`RunnerConfig::resync`] (a kubelet
+//!   takes about a minute).
+//!
 //! ```no_run
 //! # async fn demo(client: kube::Client) -> Result<(), pod_runner::RunnerError> {
 //! use pod_runner::{PodRunner, RunnerConfig, ImageTable, HostPaths};

@@ -143,7 +143,10 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, pod: Pod, mut stop: StopRx) {
                 .iter()
                 .enumerate()
                 .map(|(i, c)| run.container(i, c, stop.clone()));
-            futures::future::join_all(all).await;
+            tokio::select! {
+                _ = futures::future::join_all(all) => {}
+                _ = refresh(&shared, &pod, &dir, ip, stop.clone()) => {}
+            }
         } else {
             until_stop(&mut stop).await;
         }
@@ -272,16 +275,43 @@ fn write_files(dir: &Path, plan: &PodPlan) -> std::io::Result<()> {
         if let Some(parent) = f.path.parent() {
             mkdir(parent)?;
         }
+        if std::fs::read(&f.path).is_ok_and(|old| old == f.contents) {
+            continue;
+        }
+        // A new version replaces the old one whole (write aside, then rename), as a
+        // kubelet's atomic writer does: a reader sees the old or the new contents.
+        let mut aside = f.path.clone().into_os_string();
+        aside.push(".new");
+        let aside = PathBuf::from(aside);
+        let _ = std::fs::remove_file(&aside);
         use std::io::Write;
         std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
-            .open(&f.path)?
+            .open(&aside)?
             .write_all(&f.contents)?;
+        std::fs::rename(&aside, &f.path)?;
     }
     Ok(())
+}
+
+/// Keeps the pod's Secret and ConfigMap files up to date, as a kubelet does, every
+/// `resync`; runs until stopped.
+async fn refresh(shared: &Shared, pod: &Pod, dir: &Path, ip: Ipv4Addr, mut stop: StopRx) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(shared.config.resync) => {}
+            _ = until_stop(&mut stop) => return,
+        }
+        let sources = fetch_sources(&shared.client, pod).await;
+        // While a source is missing the files stay as they are (the kubelet keeps them too).
+        if let Ok(plan) = plan::plan(pod, &sources, &shared.config, &Placement { ip, dir })
+            && let Err(e) = write_files(dir, &plan)
+        {
+            tracing::warn!(pod = %pod.name_any(), error = %e, "refreshing the pod's files");
+        }
+    }
 }
 
 /// How one container run ended.

@@ -264,6 +264,22 @@ async fn a_deployment_runs_as_a_ready_pod_with_its_address_env_and_volumes() {
     let log = std::fs::read_to_string(c.runner().log_path(NS, &name, "echo")).unwrap();
     assert!(log.contains(&format!("listening on {ip}:18101")), "{log}");
 
+    // A changed Secret reaches the file, as a kubelet refreshes mounted Secrets.
+    c.apply::<Secret>(
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+        "stringData": {"password": "rotated-pw"}}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&secret_file).unwrap() != "rotated-pw" {
+        assert!(
+            Instant::now() < deadline,
+            "the secret file was not refreshed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mode(&secret_file), 0o600);
+
     // The Deployment's status counts it.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
