@@ -33,6 +33,20 @@ pub(crate) struct Controller {
     shared: Arc<Shared>,
     local: HashMap<String, Local>,
     wake: Arc<Notify>,
+    watches: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Controller {
+    /// The runner dropped (its task aborted): nothing it started may go on, not even a
+    /// supervisor that would restart a killed container.
+    fn drop(&mut self) {
+        for w in &self.watches {
+            w.abort();
+        }
+        for l in self.local.values() {
+            l.task.abort();
+        }
+    }
 }
 
 /// Starts a watch whose every event wakes the reconciler.
@@ -78,6 +92,7 @@ impl Controller {
             shared,
             local: HashMap::new(),
             wake: Arc::new(Notify::new()),
+            watches: Vec::new(),
         }
     }
 
@@ -91,7 +106,7 @@ impl Controller {
             tracing::warn!(error = %e, "registering the node");
         }
         let wake = self.wake.clone();
-        let watches = [
+        self.watches = vec![
             trigger(Api::<Deployment>::all(client.clone()), wake.clone()),
             trigger(Api::<DaemonSet>::all(client.clone()), wake.clone()),
             trigger(Api::<Pod>::all(client.clone()), wake.clone()),
@@ -106,7 +121,7 @@ impl Controller {
                 g = shutdown.wait_for(Option::is_some) => break g.ok().and_then(|g| *g).unwrap_or_default(),
             }
         };
-        for w in watches {
+        for w in &self.watches {
             w.abort();
         }
         for local in self.local.values() {

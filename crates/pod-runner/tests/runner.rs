@@ -457,6 +457,12 @@ async fn dropping_the_runner_kills_its_processes() {
         .remove(0);
     drop(c.runner.take());
     until_closed(&ip(&pod), 18107).await;
+    // Nothing restarts it afterwards (the restart backoff here is 200 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        get(&ip(&pod), 18107, "/readyz").is_none(),
+        "restarted after the drop"
+    );
 }
 
 #[tokio::test]
