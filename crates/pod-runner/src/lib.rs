@@ -32,7 +32,8 @@
 //! - one node; several runners on one API server would each create the Deployments' pods;
 //! - every Deployment is rolled out as `Recreate`; Deployment pods have no ReplicaSet;
 //!   tolerations, taints and resource requests play no part in placing a pod; a pod that
-//!   may not run on the node stays unbound, with no status;
+//!   may not run on the node stays unbound, with no status; a Pod created by someone else
+//!   runs only if it names the node in `spec.nodeName` (nothing schedules bare Pods);
 //! - a container's `command[0]`, when given, must name the image's executable (its file
 //!   name); the executable always comes from the image table;
 //! - volumes: Secret, ConfigMap, emptyDir and mapped hostPath only (projected and
