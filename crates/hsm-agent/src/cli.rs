@@ -19,9 +19,11 @@ pub struct AgentArgs {
     /// The HSMDevice this agent serves.
     #[arg(long)]
     pub device_name: String,
-    /// Address the listeners bind to.
-    #[arg(long, default_value = "0.0.0.0")]
-    pub bind_address: std::net::IpAddr,
+    /// Address the gRPC and health listeners bind to. Without it: the pod's IP when the
+    /// downward API gives a non-empty `POD_IP` (so agents sharing a host can use the same
+    /// ports), else every address (0.0.0.0).
+    #[arg(long)]
+    pub bind_address: Option<std::net::IpAddr>,
     /// gRPC port.
     #[arg(long, default_value_t = hsm_api::names::ports::AGENT_GRPC)]
     pub port: u16,

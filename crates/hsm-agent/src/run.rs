@@ -10,6 +10,7 @@ use crate::pin::{EnvPin, FilePin, FixedPin, PinSource};
 use crate::service::AgentService;
 use anyhow::{Context, bail};
 use hsm_proto::v1::hsm_agent_server::HsmAgentServer;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -58,10 +59,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         stop.clone(),
     ));
 
-    let health = TcpListener::bind((args.bind_address, args.health_port))
+    let address = listen_address(args.bind_address, std::env::var(POD_IP).ok().as_deref())?;
+    let health = TcpListener::bind((address, args.health_port))
         .await
         .with_context(|| format!("binding the health port {}", args.health_port))?;
-    let grpc = TcpListener::bind((args.bind_address, args.port))
+    let grpc = TcpListener::bind((address, args.port))
         .await
         .with_context(|| format!("binding the gRPC port {}", args.port))?;
     tracing::info!(
@@ -112,6 +114,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     grpc_result.context("gRPC server")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The variable the manager's agent pods get from the downward API (`status.podIP`).
+const POD_IP: &str = "POD_IP";
+
+/// Where the listeners bind: `--bind-address`, else a non-empty `POD_IP`, else every address.
+fn listen_address(flag: Option<IpAddr>, pod_ip: Option<&str>) -> anyhow::Result<IpAddr> {
+    match (flag, pod_ip.map(str::trim).filter(|s| !s.is_empty())) {
+        (Some(address), _) => Ok(address),
+        (None, Some(ip)) => ip
+            .parse()
+            .with_context(|| format!("{POD_IP}={ip:?} is not an IP address")),
+        (None, None) => Ok(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+    }
 }
 
 /// The PIN source: `--pin-file`, `--pin`, the `HSM_PIN` variable, or else (the Go agent's
@@ -186,5 +202,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_wins_then_a_non_empty_pod_ip_then_every_address() {
+        let pod: IpAddr = "127.0.0.7".parse().unwrap();
+        let flag: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(listen_address(Some(flag), Some("127.0.0.7")).unwrap(), flag);
+        assert_eq!(listen_address(None, Some("127.0.0.7")).unwrap(), pod);
+        let any = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        assert_eq!(listen_address(None, Some("")).unwrap(), any);
+        assert_eq!(listen_address(None, None).unwrap(), any);
+        let err = listen_address(None, Some("pod")).unwrap_err();
+        assert!(err.to_string().contains("POD_IP=\"pod\""), "{err}");
     }
 }
