@@ -1,7 +1,8 @@
 //! `cargo xtask bench sync`: the manager binary syncing N HSMSecrets from two SoftHSM2
 //! agents (gRPC over mTLS) through the API emulator served over HTTP. Prints the first full
 //! sync time, HSM write → Secret latency (p50/p99), agent reads with no change, and the
-//! manager process's resident memory. `--secrets N` (default 1000).
+//! manager process's resident memory. `--secrets N` (default 1000); `--memory` puts the
+//! agents on the in-memory store instead of SoftHSM2.
 
 use futures::StreamExt;
 use hsm_api::HSMSecret;
@@ -126,13 +127,21 @@ async fn main() {
     let kubeconfig = dir.path().join("kubeconfig");
     cluster.server.write_kubeconfig(&kubeconfig).unwrap();
     let pki = operator_pki(&cluster.client, OPERATOR_NS).await;
-    let agents = [TestAgent::start(&pki).await, TestAgent::start(&pki).await];
+    // SoftHSM2 agents, or (for 10 000 secrets, which SoftHSM2 would take long to set up)
+    // agents on the in-memory store: the manager's side is the same either way.
+    let memory = std::env::args().any(|a| a == "--memory");
+    let agents = if memory {
+        [TestAgent::start_in_memory(&pki).await, TestAgent::start_in_memory(&pki).await]
+    } else {
+        [TestAgent::start(&pki).await, TestAgent::start(&pki).await]
+    };
     let clients: Vec<Arc<dyn AgentApi>> = agents
         .iter()
         .map(|a| Arc::new(a.client(&pki)) as Arc<dyn AgentApi>)
         .collect();
 
-    eprintln!("writing {n} secrets to each of 2 SoftHSM2 agents…");
+    let store = if memory { "in-memory" } else { "SoftHSM2" };
+    eprintln!("writing {n} secrets to each of 2 {store} agents…");
     for i in 0..n {
         for client in &clients {
             hsm_write(

@@ -157,9 +157,9 @@ impl TestAgent {
 
     /// Serves `device` over mTLS on `addr`, probing it as the kubelet's readiness probe
     /// would (the agent's readiness follows the token between requests).
-    pub async fn serve(
+    pub async fn serve<C: hsm_agent::connector::Connector>(
         pki: &Pki,
-        device: Device,
+        device: Device<C>,
         hsm: Option<Arc<SoftHsm>>,
         addr: SocketAddr,
     ) -> TestAgent {
@@ -204,6 +204,14 @@ impl TestAgent {
             runtime: Some(runtime),
             _dir: dir,
         }
+    }
+
+    /// An agent on an in-memory token (no PKCS#11 module): for loads SoftHSM2 would make
+    /// slow to set up, such as the 10 000-secret benchmark.
+    pub async fn start_in_memory(pki: &Pki) -> TestAgent {
+        use hsm_agent::testing::{MemoryConnector, memory_device};
+        let device = memory_device(MemoryConnector::new(TEST_PIN), TEST_PIN);
+        Self::serve(pki, device, None, "127.0.0.1:0".parse().unwrap()).await
     }
 
     /// Its `https://` URL.
