@@ -2,9 +2,18 @@
 //! so nothing on the host sees the synthetic events: a payload handed to the kernel (as udev's
 //! `udevadm trigger` path and container runtimes do) comes back as a broadcast from port 0
 //! and is parsed; the same bytes multicast straight from a user-space socket are dropped, so
-//! a process in the namespace cannot forge hotplug events. Where no network namespace can be
-//! made, the same source contract is checked over a Unix socketpair.
+//! a process in the namespace cannot forge hotplug events; and the daemon, on such a socket,
+//! reports a device the kernel says was removed. Where no network namespace can be made, the
+//! source contract is checked over a Unix socketpair instead.
 
+mod common;
+
+use common::cluster::{NODE, NS, POD, cluster, put_device, summary, until};
+use hsm_discovery::allowlist::Allowlist;
+use hsm_discovery::daemon::{DaemonConfig, run};
+use hsm_discovery::kube::PodIdentity;
+use hsm_discovery::sysfs::DirSysfs;
+use hsm_discovery::testing::{copy_tree, fixture_sysfs, unplug};
 use hsm_discovery::uevent::{
     DatagramUevents, DeviceEvent, NetlinkUevents, UeventSource, parse, payload,
 };
@@ -106,26 +115,109 @@ async fn over_socketpair() {
     );
 }
 
-#[test]
-fn kernel_uevents_in_a_private_network_namespace() {
-    // unshare(CLONE_NEWNET) affects the calling thread only: the whole test runs on a thread
-    // of its own, with its own runtime, and every socket it opens is in the new namespace.
-    std::thread::spawn(|| {
+/// The daemon on a real uevent socket: a Pico HSM unplugged from the fixture tree, and the
+/// kernel's `remove` for it, show in the pod's report.
+async fn daemon_over_netlink() {
+    let (_emulator, client) = cluster().await;
+    put_device(
+        &client,
+        "pico",
+        serde_json::json!({"deviceType": "PicoHSM",
+            "discovery": {"usb": [{"vendorId": "2e8a", "productId": "10fd"}]}}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sys");
+    copy_tree(&fixture_sysfs(), &root).unwrap();
+    let config = DaemonConfig {
+        identity: PodIdentity {
+            namespace: NS.into(),
+            pod_name: POD.into(),
+            node_name: NODE.into(),
+        },
+        sync_interval: Duration::from_secs(3600),
+        grace_period: Duration::from_secs(3600),
+        plugins: None,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(run(
+        client.clone(),
+        config,
+        Allowlist::known_hsms(),
+        DirSysfs::new(&root),
+        Some(NetlinkUevents::open().unwrap()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let pico = (
+        "DC6A33145E23A42A".to_owned(),
+        "/dev/bus/usb/001/015".to_owned(),
+        true,
+    );
+    until(&client, "the first report", |r| {
+        summary(r, "pico") == [pico.clone()]
+    })
+    .await;
+
+    unplug(&root, "1-1.2").unwrap();
+    let mut sender = Socket::new(NETLINK_KOBJECT_UEVENT).unwrap();
+    sender.bind_auto().unwrap();
+    let removed = payload(
+        "remove",
+        "/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1.2",
+        &[
+            ("SUBSYSTEM", "usb"),
+            ("DEVTYPE", "usb_device"),
+            ("SEQNUM", "9"),
+        ],
+    );
+    sender
+        .send_to(&to_kernel(&removed), &SocketAddr::new(0, 0), 0)
+        .unwrap();
+    let lost = (pico.0.clone(), pico.1.clone(), false);
+    until(&client, "the Pico HSM lost", |r| {
+        summary(r, "pico") == [lost.clone()]
+    })
+    .await;
+    let _ = stop.send(());
+    daemon.await.unwrap().unwrap();
+}
+
+/// Runs `test` on a thread of its own in a new network namespace (unshare(CLONE_NEWNET)
+/// affects the calling thread only, so every socket the test opens is in it), or `fallback`
+/// where no namespace can be made.
+fn in_private_netns<F, G>(test: fn() -> F, fallback: fn() -> G)
+where
+    F: std::future::Future<Output = ()> + 'static,
+    G: std::future::Future<Output = ()> + 'static,
+{
+    std::thread::spawn(move || {
         let private = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         match private {
-            Ok(()) => runtime.block_on(over_netlink()),
+            Ok(()) => runtime.block_on(test()),
             Err(error) => {
                 eprintln!("no private network namespace ({error}); checking over a socketpair");
-                runtime.block_on(over_socketpair());
+                runtime.block_on(fallback());
             }
         }
     })
     .join()
     .expect("the test thread");
+}
+
+#[test]
+fn the_daemon_follows_kernel_uevents() {
+    in_private_netns(daemon_over_netlink, over_socketpair);
+}
+
+#[test]
+fn kernel_uevents_in_a_private_network_namespace() {
+    in_private_netns(over_netlink, over_socketpair);
 }
 
 #[tokio::test]
