@@ -304,12 +304,15 @@ pub async fn run(
 }
 
 async fn register_until_done(config: &PluginConfig, resource: &str, endpoint: &str) -> PathBuf {
+    // From the poll interval up to 30 s: a node without a kubelet socket is not spammed.
+    let mut wait = config.poll;
     loop {
         match register(config, resource, endpoint).await {
             Ok(kubelet) => return kubelet,
             Err(error) => {
                 tracing::warn!(error = %crate::error_chain(&error), %resource, "device plugin not registered yet");
-                tokio::time::sleep(config.poll).await;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30).max(config.poll));
             }
         }
     }
