@@ -67,6 +67,8 @@ enum Fuzz {
     Agent,
     /// The virtual Pico HSM's command APDUs, from a blank, initialised or logged-in card.
     Pico,
+    /// Discovery's sysfs-attribute and uevent parsers (each target runs for `--seconds`).
+    Discovery,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -239,16 +241,19 @@ fn fuzz(root: &Path, which: Fuzz, seconds: u64) -> Result<()> {
     if !has_fuzz {
         run(root, "cargo", &["install", "--locked", "cargo-fuzz"])?;
     }
-    let (dir, target) = match which {
-        Fuzz::Agent => ("crates/hsm-agent", "requests"),
-        Fuzz::Pico => ("crates/virtual-pico", "apdus"),
+    let (dir, targets): (&str, &[&str]) = match which {
+        Fuzz::Agent => ("crates/hsm-agent", &["requests"]),
+        Fuzz::Pico => ("crates/virtual-pico", &["apdus"]),
+        Fuzz::Discovery => ("crates/hsm-discovery", &["sysfs_attributes", "uevents"]),
     };
     let time = format!("-max_total_time={seconds}");
-    run(
-        &root.join(dir),
-        "cargo",
-        &["+nightly", "fuzz", "run", target, "--", &time],
-    )
+    targets.iter().try_for_each(|target| {
+        run(
+            &root.join(dir),
+            "cargo",
+            &["+nightly", "fuzz", "run", target, "--", &time],
+        )
+    })
 }
 
 fn crdgen(root: &Path) -> Result<()> {
