@@ -5,10 +5,15 @@
 //! * `test`  — installs what the tests need, then runs formatting, lints and the whole suite.
 //! * `bench store` — the store benchmark on SoftHSM2 and on the virtual Pico HSM.
 //! * `crdgen` — regenerates `deploy/crds` from the CRD types.
+//! * `images` — builds the scratch images from the release binaries, loads them into Podman
+//!   and runs each one's `--help`.
 //! * `deps`  — only installs what is missing.
 
 mod demo;
 mod deps;
+mod images;
+mod nix_lint;
+mod podman_conf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -56,6 +61,13 @@ enum Cmd {
     },
     /// Regenerate deploy/crds from the CRD types.
     Crdgen,
+    /// Build the scratch images (operator, agent, discovery) from the workspace's release
+    /// binaries and Debian's files, load them into Podman and smoke-test them.
+    Images {
+        /// Use the test suite's debug binaries instead of a release build (faster).
+        #[arg(long)]
+        debug: bool,
+    },
     /// Install the Debian packages and cargo tools the project needs, if missing.
     Deps,
 }
@@ -88,6 +100,7 @@ fn main() -> Result<()> {
         Cmd::Bench { which } => bench(&root, which),
         Cmd::Fuzz { which, seconds } => fuzz(&root, which, seconds),
         Cmd::Crdgen => crdgen(&root),
+        Cmd::Images { debug } => images::run(&root, debug),
         Cmd::Deps => deps::ensure(),
     }
 }
@@ -131,6 +144,7 @@ fn test(root: &Path, no_lint: bool, nextest_args: &[String]) -> Result<()> {
                 "warnings",
             ],
         )?;
+        nix_lint::run(root)?;
     }
     // nextest runs every test in its own process: SoftHSM2 and pcscd fixtures stay private.
     let mut args = vec![
