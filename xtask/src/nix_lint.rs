@@ -40,8 +40,41 @@ pub fn run(root: &Path) -> Result<()> {
             );
         }
     }
-    eprintln!("Nix files lint clean: {} files", files.len());
+    let lock = root.join("flake.lock");
+    let text = std::fs::read_to_string(&lock)
+        .with_context(|| format!("cannot read {}", lock.display()))?;
+    let pinned = check_lock(&text)?;
+    eprintln!(
+        "Nix files lint clean: {} files; flake.lock pins {}",
+        files.len(),
+        pinned.join(", ")
+    );
     Ok(())
+}
+
+/// Every input of flake.lock is locked to a full revision with a NAR hash; returns
+/// `name@rev` for each.
+pub fn check_lock(text: &str) -> Result<Vec<String>> {
+    let lock: serde_json::Value = serde_json::from_str(text).context("flake.lock is not JSON")?;
+    let root = lock["root"].as_str().context("flake.lock has no root")?;
+    let inputs = lock["nodes"][root]["inputs"]
+        .as_object()
+        .context("flake.lock's root has no inputs")?;
+    let mut pinned = Vec::new();
+    for (name, node) in inputs {
+        let node = node.as_str().context("follows are not used here")?;
+        let locked = &lock["nodes"][node]["locked"];
+        let rev = locked["rev"].as_str().unwrap_or_default();
+        let nar = locked["narHash"].as_str().unwrap_or_default();
+        if rev.len() != 40 || !rev.chars().all(|c| c.is_ascii_hexdigit()) {
+            bail!("flake.lock: input {name} is not locked to a full revision");
+        }
+        if !nar.starts_with("sha256-") || locked["lastModified"].as_u64().is_none() {
+            bail!("flake.lock: input {name} lacks its narHash or lastModified");
+        }
+        pinned.push(format!("{name}@{}", &rev[..12]));
+    }
+    Ok(pinned)
 }
 
 fn with<'a>(flags: &[&'a str], files: &'a [PathBuf]) -> Vec<&'a str> {
@@ -50,4 +83,23 @@ fn with<'a>(flags: &[&'a str], files: &'a [PathBuf]) -> Vec<&'a str> {
         .copied()
         .chain(files.iter().filter_map(|f| f.to_str()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_lock_pins_every_input() {
+        let text = include_str!("../../flake.lock");
+        let pinned = check_lock(text).unwrap();
+        assert_eq!(pinned.len(), 2, "{pinned:?}");
+    }
+
+    #[test]
+    fn an_unlocked_input_is_refused() {
+        let text = r#"{"root":"root","nodes":{"root":{"inputs":{"x":"x"}},
+            "x":{"locked":{"rev":"main","narHash":"sha256-a","lastModified":1}}}}"#;
+        assert!(check_lock(text).is_err());
+    }
 }

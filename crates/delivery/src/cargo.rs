@@ -5,9 +5,39 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The cargo that runs this (the one that built it when run from a test or xtask).
+/// The cargo that runs this (the one that built it when run from a test or xtask), with the
+/// variables cargo and nextest set for a test process removed: build scripts watch some of
+/// them (ring's watches `CARGO_MANIFEST_DIR`), so a nested build that saw them would rebuild
+/// those crates, and the next ordinary build would rebuild them back.
 fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if is_test_variable(&key) {
+            command.env_remove(&*key);
+        }
+    }
+    if std::env::var_os("NEXTEST_LD_LIBRARY_PATH").is_some() {
+        // nextest put the target directory's library paths first; cargo adds its own again.
+        command.env_remove("LD_LIBRARY_PATH");
+    }
+    command
+}
+
+/// Whether cargo or nextest set `key` for the test process this runs in.
+fn is_test_variable(key: &str) -> bool {
+    key.starts_with("NEXTEST")
+        || key.starts_with("CARGO_PKG_")
+        || key.starts_with("CARGO_BIN_EXE_")
+        || matches!(
+            key,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "OUT_DIR"
+        )
 }
 
 /// The names of every binary target of the workspace at `root`.
@@ -113,6 +143,21 @@ pub fn executables(messages: &str) -> BTreeMap<String, PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tests_own_variables_do_not_reach_a_nested_build() {
+        for key in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "NEXTEST_RUN_ID",
+            "CARGO_BIN_EXE_x",
+        ] {
+            assert!(is_test_variable(key), "{key}");
+        }
+        for key in ["CARGO_TARGET_DIR", "CARGO_HOME", "PATH", "RUSTFLAGS"] {
+            assert!(!is_test_variable(key), "{key}");
+        }
+    }
 
     #[test]
     fn executables_are_the_bin_artifacts_that_are_not_test_harnesses() {

@@ -29,6 +29,7 @@ fn build_test_layer(cleanup: &Cleanup, agent: &str) -> String {
     let layer = context.join("layer");
     rootfs::layer(&layer, SOFTHSM2_LAYER).unwrap();
     std::fs::create_dir_all(layer.join(TOKEN_DIR.trim_start_matches('/'))).unwrap();
+    std::fs::create_dir_all(layer.join("etc")).unwrap();
     std::fs::write(
         layer.join("etc/softhsm2.conf"),
         format!(
