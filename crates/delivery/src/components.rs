@@ -139,9 +139,20 @@ pub const AGENT: Component = Component {
 pub const ALL: [Component; 3] = [OPERATOR, AGENT, DISCOVERY];
 
 /// What the agent's test-only layer adds: SoftHSM2, so the agent image answers over a token
-/// volume in tests. Never part of a shipped image.
-pub const SOFTHSM2_LAYER: &[HostFile] =
-    &[file("libsofthsm2", "/usr/lib/softhsm/libsofthsm2.so", ELF)];
+/// volume, and pcscd's vpcd reader, so it reaches the e2e tests' virtual Pico HSM. Never part
+/// of a shipped image.
+pub const TEST_LAYER: &[HostFile] = &[
+    file("libsofthsm2", "/usr/lib/softhsm/libsofthsm2.so", ELF),
+    file(
+        "vsmartcard-vpcd",
+        "/usr/lib/pcsc/drivers/serial/libifdvpcd.so",
+        ELF,
+    ),
+    file("vsmartcard-vpcd", "/etc/reader.conf.d/vpcd", DATA),
+];
+
+/// Where the test layer's SoftHSM2 keeps its tokens: mount the token volume here.
+pub const TEST_TOKEN_DIR: &str = "/var/lib/softhsm/tokens";
 
 /// Where the CCID bundle's Info.plist is read (a link to the file Debian keeps in /etc).
 pub const CCID_INFO_PLIST: &str = "/usr/lib/pcsc/drivers/ifd-ccid.bundle/Contents/Info.plist";

@@ -2,7 +2,9 @@
 //! shared-library closure, users, and empty directories. Nothing else: no shell, no package
 //! manager, no package database.
 
-use crate::components::{CCID_INFO_PLIST, CCID_INFO_PLIST_ETC, Component, HostFile};
+use crate::components::{
+    CCID_INFO_PLIST, CCID_INFO_PLIST_ETC, Component, HostFile, TEST_LAYER, TEST_TOKEN_DIR,
+};
 use crate::{Error, Result, closure, plist};
 use std::collections::BTreeSet;
 use std::fs;
@@ -46,6 +48,19 @@ pub fn layer(root: &Path, files: &[HostFile]) -> Result<()> {
     let mut copier = Copier::new(root)?;
     copier.merged_usr_links()?;
     copier.host_files(files)
+}
+
+/// The agent's test-only layer: [`TEST_LAYER`]'s files, `/etc/softhsm2.conf` keeping tokens
+/// in [`TEST_TOKEN_DIR`] (the token volume's mount point), and that directory.
+pub fn test_layer(root: &Path) -> Result<()> {
+    layer(root, TEST_LAYER)?;
+    create_dir(&root.join(TEST_TOKEN_DIR.trim_start_matches('/')))?;
+    write(
+        &root.join("etc/softhsm2.conf"),
+        &format!(
+            "directories.tokendir = {TEST_TOKEN_DIR}\nobjectstore.backend = file\nlog.level = ERROR\n"
+        ),
+    )
 }
 
 /// Copies host paths into a root directory at the same paths, following symbolic links.

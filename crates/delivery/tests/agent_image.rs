@@ -1,14 +1,14 @@
 //! The agent image serving a SoftHSM2 token volume over gRPC with mTLS, under the Go agent's
 //! security context: read-only root, no privilege escalation, every capability dropped, the
 //! pcscd directories and /tmp as the only writable places (the pod's emptyDirs). A test-only
-//! layer adds SoftHSM2; the agent image itself is the one `cargo xtask images` ships. The
-//! agent also runs its pcscd (`--pcscd=always`), which proves /run/pcscd and /var/lock/pcsc
-//! are ready for a read-only root.
+//! layer adds SoftHSM2 (and the vpcd reader the e2e tests use); below it is the agent image
+//! `cargo xtask images` ships. The agent also runs its pcscd (`--pcscd=always`), which proves
+//! /run/pcscd and /var/lock/pcsc are ready for a read-only root.
 
 mod common;
 
 use common::{Cleanup, binary, build_image};
-use delivery::components::{AGENT, SOFTHSM2_LAYER};
+use delivery::components::{AGENT, TEST_TOKEN_DIR as TOKEN_DIR};
 use delivery::{podman, rootfs};
 use hsm_proto::v1::hsm_agent_client::HsmAgentClient;
 use hsm_proto::v1::{ReadSecretRequest, SecretData, WriteSecretRequest};
@@ -20,23 +20,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-/// Where the test layer's SoftHSM2 keeps tokens: the volume.
-const TOKEN_DIR: &str = "/var/lib/softhsm/tokens";
-
 /// The agent image plus SoftHSM2 and its configuration.
 fn build_test_layer(cleanup: &Cleanup, agent: &str) -> String {
     let context = cleanup.dir.path().join("softhsm-layer");
-    let layer = context.join("layer");
-    rootfs::layer(&layer, SOFTHSM2_LAYER).unwrap();
-    std::fs::create_dir_all(layer.join(TOKEN_DIR.trim_start_matches('/'))).unwrap();
-    std::fs::create_dir_all(layer.join("etc")).unwrap();
-    std::fs::write(
-        layer.join("etc/softhsm2.conf"),
-        format!(
-            "directories.tokendir = {TOKEN_DIR}\nobjectstore.backend = file\nlog.level = ERROR\n"
-        ),
-    )
-    .unwrap();
+    rootfs::test_layer(&context.join("layer")).unwrap();
     let image = "localhost/hsm-agent-softhsm:test".to_owned();
     podman::build(
         &context,

@@ -102,7 +102,9 @@ fn the_manager_has_its_identity_and_the_go_managers_flags() {
     for flag in [
         "--leader-elect",
         "--health-probe-bind-address=:8081",
-        "--api-port=8090",
+        "--metrics-bind-address=:8080",
+        "--agent-image=localhost/hsm-agent:dev",
+        "--discovery-image=localhost/hsm-discovery:dev",
     ] {
         assert!(args.contains(&flag), "{flag} missing");
     }
