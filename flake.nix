@@ -29,10 +29,12 @@
         });
 
       checks = forAllSystems (pkgs:
-        import ./nix/checks.nix {
-          inherit pkgs;
+        let
           built = build pkgs;
-          images = import ./nix/images.nix { inherit pkgs; built = build pkgs; };
+        in
+        import ./nix/checks.nix {
+          inherit pkgs built;
+          images = import ./nix/images.nix { inherit pkgs built; };
           root = ./.;
         });
 

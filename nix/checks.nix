@@ -64,7 +64,8 @@ in
 
   # Every overlay renders (its snapshot is compared by the suite).
   manifests = pkgs.runCommand "manifests-render" { nativeBuildInputs = [ pkgs.kubectl ]; } ''
-    for overlay in ${root + "/deploy/overlays"}/*; do
+    # The whole deploy/ directory: overlays refer to ../../base and ../../components.
+    for overlay in ${root + "/deploy"}/overlays/*; do
       kubectl kustomize $overlay > /dev/null
     done
     touch $out
@@ -108,7 +109,7 @@ in
       machine.succeed("${pause} | k3s ctr image import -")
       ${importImages}
       machine.wait_until_succeeds("k3s kubectl get serviceaccount default")
-      machine.succeed("k3s kubectl apply -k ${root + "/deploy/overlays/default"}")
+      machine.succeed("k3s kubectl apply -k ${root + "/deploy"}/overlays/default")
     '' + lib.optionalString hasOperator ''
       machine.wait_until_succeeds(
         "k3s kubectl -n hsm-secrets-operator-system rollout status "

@@ -96,7 +96,7 @@ pub fn build(
         }
     }
     command.arg("--message-format=json-render-diagnostics");
-    let messages = output(&mut command)?;
+    let messages = streamed(&mut command)?;
     let mut found: BTreeMap<String, PathBuf> = executables(&messages)
         .into_iter()
         .filter(|(name, _)| binaries.contains(&name.as_str()))
@@ -114,9 +114,28 @@ pub fn build(
             command.args(["--bin", binary]);
         }
         command.arg("--message-format=json-render-diagnostics");
-        found.extend(executables(&output(&mut command)?));
+        found.extend(executables(&streamed(&mut command)?));
     }
     Ok(found)
+}
+
+/// Runs a build whose progress and diagnostics go to stderr as they come (a release build
+/// takes minutes), and returns its JSON messages.
+fn streamed(command: &mut Command) -> Result<String> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let out = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|source| Error::Spawn { program, source })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command: crate::describe(command),
+            status: out.status,
+            stderr: "(its diagnostics are above)".into(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The binary executables in cargo's JSON messages (test harnesses left out).

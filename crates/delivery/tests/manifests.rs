@@ -1,8 +1,11 @@
 //! deploy/: every overlay renders with kubectl's kustomize, matches its snapshot, fits the
 //! schemas of its kinds, and applies to the API emulator with `kubectl apply`.
 
-use delivery::manifests::{self, Checked, OVERLAYS};
+mod schemas;
+
+use delivery::manifests::{self, OVERLAYS};
 use rstest::rstest;
+use schemas::Checked;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -66,7 +69,7 @@ fn every_object_fits_its_schema(
     #[values("default", "talos", "cert-manager", "monitoring", "vendor-library")] name: &str,
 ) {
     for object in objects(name) {
-        match manifests::check(&object) {
+        match schemas::check(&object) {
             Ok(Checked::Builtin) => {}
             Ok(Checked::Foreign(kind)) => assert!(FOREIGN.contains(&kind.as_str()), "{kind}"),
             Err(e) => panic!("{name}: {e}"),
