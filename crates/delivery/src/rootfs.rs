@@ -203,7 +203,7 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::components::AGENT;
+    use crate::components::{AGENT, DISCOVERY, OPERATOR};
 
     #[test]
     fn the_agent_root_has_its_programs_their_libraries_and_the_patched_plist() {
@@ -225,5 +225,37 @@ mod tests {
         let plist = fs::read_to_string(root.join("etc/libccid_Info.plist")).unwrap();
         assert!(plist::knows(&plist, plist::PICO_HSM).unwrap());
         assert!(!root.join("bin/sh").exists() && !root.join("usr/bin/sh").exists());
+    }
+
+    /// The manager's and discovery's images hold their program, CA certificates and users;
+    /// discovery also the CCID Info.plist it reads its allowlist from; neither has the agent's
+    /// PC/SC stack. (A stand-in program until their crates land.)
+    #[test]
+    fn operator_and_discovery_roots_hold_only_what_they_read() {
+        for component in [OPERATOR, DISCOVERY] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("root");
+            assemble(&root, &component, Path::new("/usr/bin/true")).unwrap();
+            for path in [
+                binary_path(&component).trim_start_matches('/').to_owned(),
+                "etc/ssl/certs/ca-certificates.crt".into(),
+                "etc/passwd".into(),
+                "etc/group".into(),
+                "tmp".into(),
+            ] {
+                assert!(root.join(&path).exists(), "{path} is missing");
+            }
+            assert_eq!(
+                root.join("etc/libccid_Info.plist").exists(),
+                component.ccid_info_plist
+            );
+            for absent in ["usr/sbin/pcscd", "usr/bin/sc-hsm-tool", "run/pcscd"] {
+                assert!(
+                    !root.join(absent).exists(),
+                    "{absent} in {}",
+                    component.image
+                );
+            }
+        }
     }
 }
