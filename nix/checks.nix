@@ -5,7 +5,9 @@ let
   inherit (pkgs) lib;
   inherit (built) craneLib cargoArtifacts common workspace;
 
-  # The suite's tests expect Debian's paths for the token tools; the VM links them.
+  # The suite's tests expect Debian's paths for the token tools; the VM links them. (Where
+  # the ccid and vsmartcard-vpcd packages put their pcscd drivers is taken from their
+  # package definitions and has not been evaluated here.)
   debianPaths = [
     "L+ /usr/lib/softhsm/libsofthsm2.so - - - - ${pkgs.softhsm}/lib/softhsm/libsofthsm2.so"
     "L+ /usr/lib/${pkgs.stdenv.hostPlatform.parsed.cpu.name}-linux-gnu/opensc-pkcs11.so - - - - ${pkgs.opensc}/lib/opensc-pkcs11.so"
