@@ -116,7 +116,11 @@ fn workspace_root() -> Result<PathBuf> {
 /// Runs a command in the workspace root, failing on a non-zero exit.
 pub(crate) fn run(root: &Path, program: &str, args: &[&str]) -> Result<()> {
     eprintln!("$ {program} {}", args.join(" "));
-    let status = Command::new(program)
+    let mut command = Command::new(program);
+    // Under `cargo xtask` (cargo run), this process has the variables cargo sets for a run;
+    // builds started from here must not see them (see the function's doc).
+    delivery::cargo::clear_inherited_cargo_variables(&mut command);
+    let status = command
         .args(args)
         .current_dir(root)
         .status()

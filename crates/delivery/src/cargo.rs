@@ -5,15 +5,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The cargo that runs this (the one that built it when run from a test or xtask), with the
-/// variables cargo and nextest set for a test process removed: build scripts watch some of
-/// them (ring's watches `CARGO_MANIFEST_DIR`), so a nested build that saw them would rebuild
-/// those crates, and the next ordinary build would rebuild them back.
+/// The cargo that runs this (the one that built it when run from a test or xtask), without
+/// the variables of a test or `cargo run` process ([`clear_inherited_cargo_variables`]).
 fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    clear_inherited_cargo_variables(&mut command);
+    command
+}
+
+/// Removes from `command`'s environment what cargo and nextest set for the process that
+/// spawns it (a test, or xtask under `cargo run`). Build scripts watch some of these (ring's
+/// watches `CARGO_MANIFEST_DIR`): a build that saw them would rebuild those crates and all
+/// above them, and the next build without them would rebuild them back. Every cargo this
+/// project starts from inside cargo clears them, so all its builds share one set of units.
+pub fn clear_inherited_cargo_variables(command: &mut Command) {
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
-        if is_test_variable(&key) {
+        if is_inherited_cargo_variable(&key) {
             command.env_remove(&*key);
         }
     }
@@ -21,11 +29,10 @@ fn cargo() -> Command {
         // nextest put the target directory's library paths first; cargo adds its own again.
         command.env_remove("LD_LIBRARY_PATH");
     }
-    command
 }
 
-/// Whether cargo or nextest set `key` for the test process this runs in.
-fn is_test_variable(key: &str) -> bool {
+/// Whether cargo (for a test or `cargo run`) or nextest set `key` for this process.
+fn is_inherited_cargo_variable(key: &str) -> bool {
     key.starts_with("NEXTEST")
         || key.starts_with("CARGO_PKG_")
         || key.starts_with("CARGO_BIN_EXE_")
@@ -34,7 +41,9 @@ fn is_test_variable(key: &str) -> bool {
             "CARGO_MANIFEST_DIR"
                 | "CARGO_MANIFEST_PATH"
                 | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
                 | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_RUSTC_CURRENT_DIR"
                 | "CARGO_TARGET_TMPDIR"
                 | "OUT_DIR"
         )
@@ -171,10 +180,10 @@ mod tests {
             "NEXTEST_RUN_ID",
             "CARGO_BIN_EXE_x",
         ] {
-            assert!(is_test_variable(key), "{key}");
+            assert!(is_inherited_cargo_variable(key), "{key}");
         }
         for key in ["CARGO_TARGET_DIR", "CARGO_HOME", "PATH", "RUSTFLAGS"] {
-            assert!(!is_test_variable(key), "{key}");
+            assert!(!is_inherited_cargo_variable(key), "{key}");
         }
     }
 
