@@ -11,19 +11,33 @@ use crate::resources::{PrinterColumn, ResourceInfo, ScalePaths};
 /// Reads every CRD in the `.yaml`/`.yml`/`.json` files of `dir` (multi-document YAML allowed;
 /// documents of other kinds are skipped), in file-name order.
 pub fn read_crd_dir(dir: &Path) -> Result<Vec<Value>, EmulatorError> {
+    Ok(read_objects(dir)?
+        .into_iter()
+        .filter(|v| v.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition"))
+        .collect())
+}
+
+/// Reads every object in `path`: one YAML or JSON file, or the `.yaml`/`.yml`/`.json` files
+/// of a directory in file-name order (multi-document YAML allowed, empty documents skipped).
+pub fn read_objects(path: &Path) -> Result<Vec<Value>, EmulatorError> {
     let io = |context: String| move |source| EmulatorError::Io { context, source };
-    let mut paths: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io(format!("reading {}", dir.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            )
-        })
-        .collect();
-    paths.sort();
-    let mut crds = Vec::new();
+    let paths = if path.is_dir() {
+        let mut paths: Vec<_> = std::fs::read_dir(path)
+            .map_err(io(format!("reading {}", path.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+            })
+            .collect();
+        paths.sort();
+        paths
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut objects = Vec::new();
     for path in paths {
         let text =
             std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
@@ -33,12 +47,12 @@ pub fn read_crd_dir(dir: &Path) -> Result<Vec<Value>, EmulatorError> {
                     context: path.display().to_string(),
                     source,
                 })?;
-            if value.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition") {
-                crds.push(value);
+            if value.is_object() {
+                objects.push(value);
             }
         }
     }
-    Ok(crds)
+    Ok(objects)
 }
 
 /// The resource a CRD defines, or 422 when the CRD is not acceptable.

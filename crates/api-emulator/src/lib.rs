@@ -74,6 +74,10 @@
 
 pub mod admission;
 pub mod apply;
+pub mod attributes;
+pub mod audit;
+pub mod authn;
+pub mod bootstrap;
 pub mod crd;
 pub mod discovery;
 pub mod error;
@@ -86,6 +90,10 @@ pub mod openapi;
 pub mod ops;
 pub mod paging;
 pub mod patch;
+pub mod pods;
+pub mod protobuf;
+pub mod rbac;
+pub mod request;
 pub mod resources;
 pub mod reviews;
 pub mod routes;
@@ -93,10 +101,13 @@ pub mod scale;
 pub mod schema;
 pub mod selector;
 pub mod server;
+pub mod serviceaccount;
 pub mod store;
 pub mod structural;
 pub mod table;
+#[cfg(feature = "test-support")]
 pub mod testing;
+pub mod tls;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -104,11 +115,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
 
+pub use audit::AuditEntry;
+pub use authn::UserInfo;
 pub use error::{ApiError, EmulatorError};
-pub use reviews::UserInfo;
+pub use pods::PodRuntime;
 
 use resources::Registry;
 use store::Store;
@@ -121,15 +134,38 @@ pub struct Emulator {
 
 struct Inner {
     store: Mutex<Store>,
+    auth: RwLock<authn::Authenticator>,
     reviews: Mutex<reviews::Reviews>,
+    audit: Mutex<audit::AuditLog>,
+    ca: tls::ClusterCa,
+    pod_runtime: RwLock<Option<Arc<dyn PodRuntime>>>,
+    authorization: RwLock<Authorization>,
     bookmark_interval: Duration,
+    max_body_bytes: usize,
 }
+
+/// How requests are authorised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Authorization {
+    /// Every authenticated request is allowed (the default in-process, so tests that do not
+    /// care about RBAC need no Roles).
+    #[default]
+    AlwaysAllow,
+    /// The stored Roles, ClusterRoles and bindings decide, as a real cluster's RBAC.
+    Rbac,
+}
+
+/// The real server's limit on a request body (3 MiB); larger bodies get 413.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 /// Settings of an [`Emulator`].
 #[derive(Debug, Clone)]
 pub struct Builder {
     history_limit: usize,
     bookmark_interval: Duration,
+    authorization: Authorization,
+    audit: bool,
+    max_body_bytes: usize,
 }
 
 impl Default for Builder {
@@ -137,6 +173,9 @@ impl Default for Builder {
         Builder {
             history_limit: 20_000,
             bookmark_interval: Duration::from_secs(1),
+            authorization: Authorization::AlwaysAllow,
+            audit: false,
+            max_body_bytes: MAX_BODY_BYTES,
         }
     }
 }
@@ -157,14 +196,44 @@ impl Builder {
         self
     }
 
+    /// How requests are authorised (default: [`Authorization::AlwaysAllow`]).
+    pub fn authorization(mut self, mode: Authorization) -> Self {
+        self.authorization = mode;
+        self
+    }
+
+    /// Keeps an audit entry of every request in memory ([`Emulator::audit_log`]).
+    pub fn audit(mut self, enabled: bool) -> Self {
+        self.audit = enabled;
+        self
+    }
+
+    /// The largest request body accepted (default [`MAX_BODY_BYTES`]).
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
     /// The emulator, with the namespaces a new cluster has (`default`, `kube-system`,
-    /// `kube-public`, `kube-node-lease`).
+    /// `kube-public`, `kube-node-lease`) and its bootstrap RBAC policy.
     pub fn build(self) -> Emulator {
+        let ca = tls::ClusterCa::generate().expect("ring generates the cluster CA");
+        let mut store = Store::new(Registry::with_builtins(), self.history_limit);
+        store.cluster_ca_pem = ca.ca_pem().to_string();
         let emu = Emulator {
             inner: Arc::new(Inner {
-                store: Mutex::new(Store::new(Registry::with_builtins(), self.history_limit)),
+                store: Mutex::new(store),
+                auth: RwLock::new(authn::Authenticator::generate()),
                 reviews: Mutex::new(reviews::Reviews::default()),
+                audit: Mutex::new(audit::AuditLog {
+                    enabled: self.audit,
+                    ..Default::default()
+                }),
+                ca,
+                pod_runtime: RwLock::new(None),
+                authorization: RwLock::new(self.authorization),
                 bookmark_interval: self.bookmark_interval,
+                max_body_bytes: self.max_body_bytes,
             }),
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -172,6 +241,10 @@ impl Builder {
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
             )
             .expect("a fresh store accepts the standard namespaces");
+        }
+        for object in bootstrap::objects() {
+            emu.create_object(object)
+                .expect("a fresh store accepts the bootstrap policy");
         }
         emu
     }
@@ -195,15 +268,91 @@ impl Emulator {
     }
 
     /// A `kube::Client` that calls this emulator in-process (no socket), default namespace
-    /// `default`.
+    /// `default`. It sends no credentials: it is `system:anonymous`, which only matters
+    /// under [`Authorization::Rbac`] (see [`Emulator::client_with_token`]).
     pub fn client(&self) -> kube::Client {
         kube::Client::new(self.clone(), "default")
     }
 
-    /// Serves over HTTP on `127.0.0.1:port` (0 picks a free port) until the returned server
-    /// is dropped.
+    /// An in-process `kube::Client` that authenticates with a bearer token.
+    pub fn client_with_token(&self, token: &str) -> kube::Client {
+        let value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+            .expect("a token is a valid header value");
+        let service = tower::ServiceBuilder::new()
+            .map_request(move |mut req: http::Request<kube::client::Body>| {
+                req.headers_mut()
+                    .insert(http::header::AUTHORIZATION, value.clone());
+                req
+            })
+            .service(self.clone());
+        kube::Client::new(service, "default")
+    }
+
+    /// An in-process `kube::Client` as the administrator (`system:masters`).
+    pub fn admin_client(&self) -> kube::Client {
+        self.client_with_token(&self.admin_token())
+    }
+
+    /// The administrator's bearer token (the one in the kubeconfigs the emulator writes).
+    pub fn admin_token(&self) -> String {
+        self.inner.auth.read().admin_token().to_string()
+    }
+
+    /// The cluster CA certificate, PEM.
+    pub fn ca_pem(&self) -> String {
+        self.inner.ca.ca_pem().to_string()
+    }
+
+    /// Switches authorisation (e.g. to [`Authorization::Rbac`] after a test set up its Roles).
+    pub fn set_authorization(&self, mode: Authorization) {
+        *self.inner.authorization.write() = mode;
+    }
+
+    /// Registers what serves `pods/log` (and later `pods/portforward`): a pod runner.
+    pub fn set_pod_runtime(&self, runtime: Arc<dyn PodRuntime>) {
+        *self.inner.pod_runtime.write() = Some(runtime);
+    }
+
+    /// Every request seen since the emulator started (or [`Emulator::clear_audit_log`]),
+    /// when built with [`Builder::audit`].
+    pub fn audit_log(&self) -> Vec<AuditEntry> {
+        self.inner.audit.lock().entries.clone()
+    }
+
+    /// Forgets the audit entries kept so far.
+    pub fn clear_audit_log(&self) {
+        self.inner.audit.lock().entries.clear();
+    }
+
+    /// Also appends every audit entry to `path` as a JSON line.
+    pub fn audit_to_file(&self, path: &Path) -> Result<(), EmulatorError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| EmulatorError::Io {
+                context: format!("opening {}", path.display()),
+                source,
+            })?;
+        self.inner.audit.lock().file = Some(file);
+        Ok(())
+    }
+
+    /// Serves over plain HTTP on `127.0.0.1:port` (0 picks a free port) until the returned
+    /// server is dropped.
     pub async fn serve(&self, port: u16) -> Result<server::Server, EmulatorError> {
-        server::Server::start(self.clone(), SocketAddr::from(([127, 0, 0, 1], port))).await
+        server::Server::start(self.clone(), SocketAddr::from(([127, 0, 0, 1], port)), None).await
+    }
+
+    /// Serves over HTTPS with a certificate of the cluster CA on `127.0.0.1:port`.
+    pub async fn serve_tls(&self, port: u16) -> Result<server::Server, EmulatorError> {
+        let config = self.inner.ca.server_config()?;
+        server::Server::start(
+            self.clone(),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Some(config),
+        )
+        .await
     }
 
     /// Registers every CRD found in the YAML files of `dir`, as `kubectl apply -f dir` would.
@@ -224,6 +373,24 @@ impl Emulator {
         Ok(n)
     }
 
+    /// Creates every object in the YAML documents of `path` (a file or a directory of
+    /// files), as `kubectl create -f` would. Returns how many were created.
+    pub fn load_objects(&self, path: &Path) -> Result<usize, EmulatorError> {
+        let objects = crd::read_objects(path)?;
+        let n = objects.len();
+        for o in objects {
+            let name = o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            self.create_object(o).map_err(|source| EmulatorError::Api {
+                context: format!("object {name}"),
+                source,
+            })?;
+        }
+        Ok(n)
+    }
+
     /// Creates any object (its apiVersion and kind select the resource), as a test fixture.
     pub fn create_object(&self, object: Value) -> Result<Value, ApiError> {
         let api_version = object["apiVersion"]
@@ -237,7 +404,7 @@ impl Emulator {
             .registry
             .by_kind(group, &kind)
             .ok_or_else(|| ApiError::BadRequest(format!("no resource for {api_version} {kind}")))?;
-        let t = ops::Target {
+        let t = request::Target {
             res: res.clone(),
             version: version.to_string(),
             namespace: if res.namespaced {
@@ -251,7 +418,7 @@ impl Emulator {
             name: String::new(),
             status: false,
         };
-        let opts = ops::WriteOptions {
+        let opts = request::WriteOptions {
             field_manager: "api-emulator".into(),
             explicit_manager: true,
             ..Default::default()
@@ -259,19 +426,20 @@ impl Emulator {
         ops::create(&mut store, &t, object, &opts)
     }
 
-    /// Lets a bearer token authenticate as `user` in TokenReviews.
+    /// Lets a bearer token authenticate as `user`, in requests and TokenReviews (as a
+    /// static token file does).
     pub fn add_token(&self, token: &str, user: UserInfo) {
         self.inner
-            .reviews
-            .lock()
-            .tokens
+            .auth
+            .write()
+            .static_tokens
             .insert(token.to_string(), user);
     }
 
-    /// Sets how SubjectAccessReviews are answered: `decide` gets the review's `spec` and says
-    /// whether it is allowed. The default denies everything.
+    /// Overrides how SubjectAccessReviews are answered: `decide` gets the review's `spec`
+    /// and says whether it is allowed. Without an override the RBAC authoriser answers.
     pub fn set_access_decision(&self, decide: impl Fn(&Value) -> bool + Send + Sync + 'static) {
-        self.inner.reviews.lock().decision = Arc::new(decide);
+        self.inner.reviews.lock().decision = Some(Arc::new(decide));
     }
 
     /// Forgets the watch history, as an etcd compaction: watches from older resourceVersions

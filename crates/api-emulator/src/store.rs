@@ -79,6 +79,8 @@ pub type Location = (ResourceKey, String, String);
 pub struct Store {
     /// The served resources.
     pub registry: Registry,
+    /// The cluster CA certificate (PEM) new namespaces get in `kube-root-ca.crt`.
+    pub cluster_ca_pem: String,
     rv: u64,
     objects: HashMap<ResourceKey, Objects>,
     history: VecDeque<Arc<Event>>,
@@ -95,6 +97,7 @@ impl Store {
         let (tx, _) = broadcast::channel(65_536);
         Store {
             registry,
+            cluster_ca_pem: String::new(),
             rv: 1,
             objects: HashMap::new(),
             history: VecDeque::new(),
