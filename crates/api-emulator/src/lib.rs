@@ -84,6 +84,7 @@ pub mod error;
 pub mod events;
 pub mod fields;
 pub mod gc;
+pub mod impersonation;
 pub mod kubeconfig;
 pub mod meta;
 pub mod openapi;

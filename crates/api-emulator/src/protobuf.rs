@@ -1,5 +1,6 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), as client-go sends for
-//! built-in kinds (`kubectl create namespace|secret|configmap|token`, `kubectl auth can-i`):
+//! built-in kinds (`kubectl create namespace|secret|configmap|serviceaccount|token|role|
+//! rolebinding|clusterrole|clusterrolebinding`, `kubectl auth can-i|whoami`):
 //! the `k8s\0` envelope around a `runtime.Unknown`, whose `raw` bytes are the object in the
 //! k8s-pb messages, turned into the JSON form the rest of the emulator works on.
 //!
@@ -12,6 +13,7 @@ use base64::Engine as _;
 use k8s_pb::api::authentication::v1 as authn;
 use k8s_pb::api::authorization::v1 as authz;
 use k8s_pb::api::core::v1 as core;
+use k8s_pb::api::rbac::v1 as rbac;
 use k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use prost::Message;
@@ -47,6 +49,40 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         ("v1", "ConfigMap") => config_map(&raw)?,
         ("v1", "ServiceAccount") => service_account(&raw)?,
         ("authentication.k8s.io/v1", "TokenRequest") => token_request(&raw)?,
+        ("rbac.authorization.k8s.io/v1", "Role") => {
+            let m = rbac::Role::decode(raw.as_slice()).map_err(bad)?;
+            json!({"metadata": meta(m.metadata.unwrap_or_default()), "rules": rules(m.rules)})
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+            let m = rbac::ClusterRole::decode(raw.as_slice()).map_err(bad)?;
+            let mut o =
+                json!({"metadata": meta(m.metadata.unwrap_or_default()), "rules": rules(m.rules)});
+            if let Some(agg) = m.aggregation_rule {
+                // Stored as sent; the emulator runs no aggregation controller.
+                let selectors: Vec<Value> = agg
+                    .cluster_role_selectors
+                    .into_iter()
+                    .map(|sel| {
+                        let exprs: Vec<Value> = sel
+                            .match_expressions
+                            .into_iter()
+                            .map(|e| json!({"key": e.key, "operator": e.operator, "values": e.values}))
+                            .collect();
+                        json!({"matchLabels": sel.match_labels, "matchExpressions": exprs})
+                    })
+                    .collect();
+                o["aggregationRule"] = json!({"clusterRoleSelectors": selectors});
+            }
+            o
+        }
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+            let m = rbac::RoleBinding::decode(raw.as_slice()).map_err(bad)?;
+            binding(m.metadata, m.subjects, m.role_ref)
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            let m = rbac::ClusterRoleBinding::decode(raw.as_slice()).map_err(bad)?;
+            binding(m.metadata, m.subjects, m.role_ref)
+        }
         ("authentication.k8s.io/v1", "SelfSubjectReview") => {
             let m = authn::SelfSubjectReview::decode(raw.as_slice()).map_err(bad)?;
             json!({"metadata": meta(m.metadata.unwrap_or_default())})
@@ -208,6 +244,54 @@ fn token_request(raw: &[u8]) -> Result<Value, ApiError> {
         s["boundObjectRef"] = r;
     }
     Ok(json!({"metadata": meta(m.metadata.unwrap_or_default()), "spec": s}))
+}
+
+fn rules(rules: Vec<rbac::PolicyRule>) -> Value {
+    let rules: Vec<Value> = rules
+        .into_iter()
+        .map(|r| {
+            let mut o = json!({"verbs": r.verbs});
+            for (k, v) in [
+                ("apiGroups", r.api_groups),
+                ("resources", r.resources),
+                ("resourceNames", r.resource_names),
+                ("nonResourceURLs", r.non_resource_ur_ls),
+            ] {
+                if !v.is_empty() {
+                    o[k] = json!(v);
+                }
+            }
+            o
+        })
+        .collect();
+    json!(rules)
+}
+
+fn binding(
+    metadata: Option<ObjectMeta>,
+    subjects: Vec<rbac::Subject>,
+    role_ref: Option<rbac::RoleRef>,
+) -> Value {
+    let subjects: Vec<Value> = subjects
+        .into_iter()
+        .map(|s| {
+            let mut o = json!({});
+            put(&mut o, "kind", s.kind.map(Value::from));
+            put(&mut o, "apiGroup", s.api_group.map(Value::from));
+            put(&mut o, "name", s.name.map(Value::from));
+            put(&mut o, "namespace", s.namespace.map(Value::from));
+            o
+        })
+        .collect();
+    let r = role_ref.unwrap_or_default();
+    let mut o = json!({
+        "metadata": meta(metadata.unwrap_or_default()),
+        "roleRef": {"apiGroup": r.api_group, "kind": r.kind, "name": r.name},
+    });
+    if !subjects.is_empty() {
+        o["subjects"] = json!(subjects);
+    }
+    o
 }
 
 fn access_spec(

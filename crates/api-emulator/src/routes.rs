@@ -116,27 +116,34 @@ impl Emulator {
             .headers()
             .get(header::AUTHORIZATION)
             .map(|h| h.to_str().unwrap_or_default());
+        let rbac_on = *self.inner.authorization.read() == Authorization::Rbac;
         let authenticated = {
             let store = self.inner.store.lock();
             self.inner
                 .auth
                 .read()
                 .authenticate_header(&store, credentials)
+                .map_err(|_| ApiError::Unauthorized)
+                .and_then(|user| {
+                    crate::impersonation::resolve(&store, user, req.headers(), rbac_on)
+                })
         };
-        let authenticated_ok = authenticated.is_ok();
-        let user = authenticated.unwrap_or_else(|_| UserInfo {
-            username: String::new(),
-            uid: String::new(),
-            groups: vec![],
-        });
+        let (user, refused) = match authenticated {
+            Ok(user) => (user, None),
+            Err(e) => (
+                UserInfo {
+                    username: String::new(),
+                    uid: String::new(),
+                    groups: vec![],
+                },
+                Some(e),
+            ),
+        };
         let attrs = attributes::of_request(req.method(), req.uri().path(), &query, user);
-        let allowed = authenticated_ok
-            && match *self.inner.authorization.read() {
-                Authorization::AlwaysAllow => true,
-                Authorization::Rbac => rbac::authorize(&self.inner.store.lock(), &attrs).allowed,
-            };
-        let result = if !authenticated_ok {
-            Err(ApiError::Unauthorized)
+        let allowed = refused.is_none()
+            && (!rbac_on || rbac::authorize(&self.inner.store.lock(), &attrs).allowed);
+        let result = if let Some(e) = refused {
+            Err(e)
         } else if !allowed {
             Err(denied(&attrs))
         } else if req.body().len() > self.inner.max_body_bytes {
@@ -463,6 +470,10 @@ fn parse_body(req: &Request<Bytes>) -> Result<Value, ApiError> {
 }
 
 fn parse_bytes(body: &Bytes) -> Result<Value, ApiError> {
+    // Checked before decoding: the YAML decoder takes quadratic time on deep flow nesting.
+    if bracket_depth(body) > MAX_DEPTH {
+        return Err(ApiError::too_deep());
+    }
     match serde_json::from_slice(body) {
         Ok(v) => Ok(v),
         Err(e) if e.to_string().contains("recursion limit") => Err(ApiError::too_deep()),
@@ -474,6 +485,31 @@ fn parse_bytes(body: &Bytes) -> Result<Value, ApiError> {
             }
         }),
     }
+}
+
+/// The deepest nesting a body may have (serde_json's own limit).
+const MAX_DEPTH: usize = 128;
+
+/// The deepest nesting of `[`/`{` in a JSON or flow-YAML text, outside double-quoted
+/// strings.
+fn bracket_depth(body: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// The authoriser's 403 for `a`.
