@@ -41,15 +41,23 @@ pub fn read_objects(path: &Path) -> Result<Vec<Value>, EmulatorError> {
     for path in paths {
         let text =
             std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value: Value =
-                serde::Deserialize::deserialize(doc).map_err(|source| EmulatorError::Yaml {
-                    context: path.display().to_string(),
-                    source,
-                })?;
-            if value.is_object() {
-                objects.push(value);
-            }
+        objects.extend(parse_objects(&text, &path.display().to_string())?);
+    }
+    Ok(objects)
+}
+
+/// The objects of a multi-document YAML text (empty documents skipped); `context` names it
+/// in errors.
+pub fn parse_objects(text: &str, context: &str) -> Result<Vec<Value>, EmulatorError> {
+    let mut objects = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value: Value =
+            serde::Deserialize::deserialize(doc).map_err(|source| EmulatorError::Yaml {
+                context: context.to_string(),
+                source,
+            })?;
+        if value.is_object() {
+            objects.push(value);
         }
     }
     Ok(objects)

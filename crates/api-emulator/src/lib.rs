@@ -377,7 +377,15 @@ impl Emulator {
     /// Creates every object in the YAML documents of `path` (a file or a directory of
     /// files), as `kubectl create -f` would. Returns how many were created.
     pub fn load_objects(&self, path: &Path) -> Result<usize, EmulatorError> {
-        let objects = crd::read_objects(path)?;
+        self.create_all(crd::read_objects(path)?)
+    }
+
+    /// Creates every object of a multi-document YAML text, as a test fixture.
+    pub fn load_objects_from_str(&self, yaml: &str) -> Result<usize, EmulatorError> {
+        self.create_all(crd::parse_objects(yaml, "YAML text")?)
+    }
+
+    fn create_all(&self, objects: Vec<Value>) -> Result<usize, EmulatorError> {
         let n = objects.len();
         for o in objects {
             let name = o["metadata"]["name"]
