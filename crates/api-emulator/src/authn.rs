@@ -143,11 +143,17 @@ pub struct TokenGrant {
     pub ttl_seconds: i64,
 }
 
+/// How many verified tokens are remembered (their signatures are not checked again).
+const VERIFIED_CACHE: usize = 4096;
+
 /// The emulator's authenticator: its signing key, the admin token and registered tokens.
 pub struct Authenticator {
     encoding: EncodingKey,
     decoding: DecodingKey,
     admin_token: String,
+    /// Tokens whose signature was verified, with their claims; expiry, audience and the
+    /// bound objects are still checked on every use.
+    verified: parking_lot::Mutex<HashMap<String, Claims>>,
     /// Tokens registered by tests, as a static token file would.
     pub static_tokens: HashMap<String, UserInfo>,
 }
@@ -161,6 +167,7 @@ impl Authenticator {
             encoding: EncodingKey::from_ec_der(&key.serialize_der()),
             decoding: DecodingKey::from_ec_der(key.public_key_raw()),
             admin_token: random_token(),
+            verified: parking_lot::Mutex::new(HashMap::new()),
             static_tokens: HashMap::new(),
         }
     }
@@ -228,18 +235,19 @@ impl Authenticator {
         if let Some(user) = self.static_tokens.get(token) {
             return Ok(user.clone());
         }
-        let mut validation = Validation::new(Algorithm::ES256);
-        validation.set_audience(audiences);
-        validation.set_issuer(&[API_AUDIENCE]);
-        validation.leeway = 0;
-        validation.validate_nbf = true;
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthnError::Expired,
-                ErrorKind::InvalidAudience => AuthnError::WrongAudience,
-                _ => AuthnError::Invalid(e),
-            })?
-            .claims;
+        let cached = self.verified.lock().get(token).cloned();
+        let claims = match cached {
+            Some(c) => {
+                if c.exp <= chrono::Utc::now().timestamp() {
+                    return Err(AuthnError::Expired);
+                }
+                if !c.aud.iter().any(|a| audiences.contains(a)) {
+                    return Err(AuthnError::WrongAudience);
+                }
+                c
+            }
+            None => self.verify(token, audiences)?,
+        };
         let k = &claims.kubernetes;
         let sa = bound(
             store,
@@ -259,6 +267,30 @@ impl Authenticator {
             &k.serviceaccount.name,
             sa["metadata"]["uid"].as_str().unwrap_or_default(),
         ))
+    }
+}
+
+impl Authenticator {
+    /// Checks a JWT's signature, issuer, expiry and audience, and remembers it.
+    fn verify(&self, token: &str, audiences: &[String]) -> Result<Claims, AuthnError> {
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_audience(audiences);
+        validation.set_issuer(&[API_AUDIENCE]);
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthnError::Expired,
+                ErrorKind::InvalidAudience => AuthnError::WrongAudience,
+                _ => AuthnError::Invalid(e),
+            })?
+            .claims;
+        let mut verified = self.verified.lock();
+        if verified.len() >= VERIFIED_CACHE {
+            verified.clear();
+        }
+        verified.insert(token.to_string(), claims.clone());
+        Ok(claims)
     }
 }
 

@@ -5,17 +5,40 @@
 //! The emulator keeps objects in memory and serves the API two ways:
 //!
 //! - as a `tower::Service`: [`Emulator::client`] gives a `kube::Client` with no socket;
-//! - as an HTTP server on 127.0.0.1: [`Emulator::serve`] (or the `api-emulator serve`
-//!   binary) listens and [`server::Server::write_kubeconfig`] writes a kubeconfig, so the
-//!   manager binary and `kubectl` connect to it as to a cluster.
+//! - as an HTTP or HTTPS server on 127.0.0.1: [`Emulator::serve`] / [`Emulator::serve_tls`]
+//!   (or the `api-emulator serve [--tls] [--authz rbac]` binary) listens and
+//!   [`server::Server::write_kubeconfig`] writes a kubeconfig with the admin's token (and the
+//!   cluster CA), so the manager binary and `kubectl` connect to it as to a cluster.
 //!
 //! What it does, as the real apiserver does:
 //!
 //! - routing of core (`/api/v1`) and named groups, namespaced and cluster-scoped resources,
-//!   `/status` and `/scale` subresources; the built-ins the operator uses (Namespace, Secret,
-//!   ConfigMap, Pod, Service, ServiceAccount, Event in both groups, Node, Deployment,
-//!   DaemonSet, Lease, TokenReview, SubjectAccessReview, CustomResourceDefinition) and custom
-//!   resources from CRD objects or YAML files;
+//!   `/status` and `/scale` subresources; the built-ins the operator and its manifests use
+//!   (Namespace, Secret, ConfigMap, Pod, Service, ServiceAccount, Event in both groups, Node,
+//!   Deployment, DaemonSet, StatefulSet, Lease, Role, ClusterRole, RoleBinding,
+//!   ClusterRoleBinding, NetworkPolicy, PodDisruptionBudget, ValidatingWebhookConfiguration,
+//!   TokenReview, SubjectAccessReview, LocalSubjectAccessReview, SelfSubjectAccessReview,
+//!   SelfSubjectReview, CustomResourceDefinition) and custom resources from CRD objects or
+//!   YAML files;
+//! - authentication ([`authn`]): the admin token of the written kubeconfig
+//!   (`system:masters`), static tokens ([`Emulator::add_token`], `serve --token-file`), and
+//!   ServiceAccount tokens from TokenRequest (`serviceaccounts/<name>/token`, `kubectl create
+//!   token`): ES256-signed JWTs with audiences and expiry, bound to the ServiceAccount's uid
+//!   (and a Pod's or Secret's when asked), so deleting it invalidates them; bad, expired or
+//!   wrong-audience tokens get 401; no credentials is `system:anonymous`; impersonation
+//!   headers (`kubectl --as`) with the `impersonate` verb checked;
+//! - authorisation ([`rbac`]): the stored Roles and bindings with the real rules (verbs,
+//!   apiGroups, resources and `res/sub`, `*/sub`, resourceNames, nonResourceURLs, `*`),
+//!   `system:masters` always allowed, the bootstrap ClusterRoles for discovery and
+//!   self-reviews; enforced on every request under [`Authorization::Rbac`] (`serve --authz
+//!   rbac`) with the real 403 message, and always answering SubjectAccessReview and its
+//!   kin (`kubectl auth can-i`, `kubectl auth whoami`);
+//! - TLS ([`tls`]) with a generated cluster CA, which `kube-root-ca.crt` and ServiceAccount
+//!   directories ([`Emulator::write_service_account_dir`]: `token`, `ca.crt`, `namespace`)
+//!   carry, so a process gets a client by in-cluster config as in a pod (`tests/incluster.rs`);
+//! - an audit log of every request ([`Builder::audit`], `serve --audit-log`);
+//! - protobuf request bodies of the kinds `kubectl create` sends ([`protobuf`]); bodies
+//!   over 3 MiB get 413, nesting deeper than 128 levels 422;
 //! - discovery (legacy forms), `/version`, server-side Tables for `kubectl get`;
 //! - metadata: uid, creationTimestamp, generateName, one global resourceVersion, generation
 //!   bumped on spec changes only, managedFields; 404/409/422 Status bodies; stale
@@ -42,11 +65,23 @@
 //!   status (the e2e pod runner does what the tests need);
 //! - pages of a list after the first show the objects as they are now, not the first page's
 //!   snapshot (see [`paging`]);
-//! - no authentication or RBAC on the API itself (TokenReview and SubjectAccessReview answer
-//!   what the test set);
+//! - RBAC is off in-process unless asked ([`Authorization::AlwaysAllow`] by default, so
+//!   tests that do not care need no Roles); no escalation check on writes of Roles and
+//!   bindings (`escalate`/`bind` verbs are not required); ClusterRole `aggregationRule` is
+//!   stored but no rules are aggregated; no SelfSubjectRulesReview (`kubectl auth can-i
+//!   --list`); no user `extra` in tokens or reviews;
+//! - ServiceAccount tokens are signed with a key made at start and trusted by no other
+//!   issuer; no OIDC discovery or JWKS endpoint; no legacy token Secrets; the verified
+//!   signature of a token is cached (expiry, audience and bindings are checked each time);
+//! - protobuf is decoded only for the request bodies of Namespace, Secret, ConfigMap,
+//!   ServiceAccount, the RBAC kinds, TokenRequest and the access and self reviews (others
+//!   get 415, e.g. `kubectl create deployment`); responses are always JSON (client-go
+//!   accepts it);
+//! - `pods/log` is answered by a registered [`PodRuntime`] (400 without one, no `follow`);
+//!   `pods/portforward` and `exec` are not served (no SPDY or WebSocket upgrade);
 //! - discovery in the legacy forms only (kubectl falls back from the aggregated form);
 //!   OpenAPI v3 lists operations but no schemas (enough for kubectl's server-side validation
-//!   check; `/openapi/v2` is 404); no `Warning` headers; protobuf is never served;
+//!   check; `/openapi/v2` is 404); no `Warning` headers;
 //! - field selectors of built-ins accept any field path (the real server a per-kind list);
 //!   CEL validation rules of CRDs are not evaluated;
 //! - only the storage version of a CRD is kept (other served versions see the same object
@@ -69,7 +104,8 @@
 //!
 //! Without the variable they run on an in-process emulator. Tests that need the emulator's
 //! own controls (history compaction, review decisions, bookmark interval) return early on a
-//! real cluster. Pointing the variable at `api-emulator serve`'s kubeconfig runs the whole
+//! real cluster. `tests/conformance_rbac.rs` compares RBAC decisions with the cluster's for
+//! a table of cases (SubjectAccessReviews, and requests as an impersonated user). Pointing the variable at `api-emulator serve`'s kubeconfig runs the whole
 //! suite over HTTP, as `tests/fidelity_switch.rs` does for the switch itself.
 
 pub mod admission;
