@@ -211,15 +211,13 @@ impl Emulator {
         }
     }
 
-    fn resource_request(
+    /// The target and subresource of the path after `/api/v1` or `/apis/<group>/<version>`.
+    fn resolve(
         &self,
-        req: &Request<Bytes>,
         group: &str,
         version: &str,
         rest: &[&str],
-        query: &Query,
-        user: &UserInfo,
-    ) -> Result<Response<ResponseBody>, ApiError> {
+    ) -> Result<(Target, Sub), ApiError> {
         let (namespace, resource, tail) = match rest {
             ["namespaces", ns, res, tail @ ..] if !matches!(*res, "status" | "finalize") => {
                 (*ns, *res, tail)
@@ -250,14 +248,59 @@ impl Emulator {
             [name, "portforward"] if core("pods") => (*name, Sub::PortForward),
             _ => return Err(not_found_path()),
         };
-        let status = sub == Sub::Status;
         let t = Target {
             res: res.clone(),
             version: version.to_string(),
             namespace: namespace.to_string(),
             name: name.to_string(),
-            status,
+            status: sub == Sub::Status,
         };
+        Ok((t, sub))
+    }
+
+    /// GET on a collection: a list (in pages), or a watch with `watch=true`.
+    fn list_or_watch(
+        &self,
+        t: &Target,
+        query: &Query,
+        form: Form,
+    ) -> Result<Response<ResponseBody>, ApiError> {
+        let flag = |k: &str| matches!(query.get(k).map(String::as_str), Some("true" | "1"));
+        let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))?;
+        let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s), &t.res)?;
+        if flag("watch") {
+            let params = WatchParams {
+                resource_version: query.get("resourceVersion").cloned(),
+                bookmarks: flag("allowWatchBookmarks"),
+                timeout: query
+                    .get("timeoutSeconds")
+                    .and_then(|s| s.parse().ok())
+                    .map(Duration::from_secs),
+                send_initial_events: flag("sendInitialEvents"),
+                labels,
+                fields,
+            };
+            return self.watch(t, params, form);
+        }
+        let page = Page {
+            limit: query.get("limit").and_then(|l| l.parse().ok()),
+            continue_token: query.get("continue").cloned(),
+        };
+        let list = ops::list(&self.inner.store.lock(), t, &labels, &fields, &page)?;
+        Ok(json_response(StatusCode::OK, &form.list(&t.res, list)))
+    }
+
+    fn resource_request(
+        &self,
+        req: &Request<Bytes>,
+        group: &str,
+        version: &str,
+        rest: &[&str],
+        query: &Query,
+        user: &UserInfo,
+    ) -> Result<Response<ResponseBody>, ApiError> {
+        let (t, sub) = self.resolve(group, version, rest)?;
+        let (res, namespace, name) = (t.res.clone(), t.namespace.as_str(), t.name.as_str());
         let accept = header_str(req, header::ACCEPT);
         let form = Form::from_accept(&accept);
         let method = req.method().clone();
@@ -267,17 +310,7 @@ impl Emulator {
                 res.plural
             )));
         }
-        let flag = |k: &str| matches!(query.get(k).map(String::as_str), Some("true" | "1"));
-        let write_opts = WriteOptions {
-            field_manager: query
-                .get("fieldManager")
-                .cloned()
-                .unwrap_or_else(|| default_manager(req)),
-            explicit_manager: query.contains_key("fieldManager"),
-            dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
-            force: flag("force"),
-            strict_fields: query.get("fieldValidation").is_some_and(|v| v == "Strict"),
-        };
+        let write_opts = write_options(req, query);
         match sub {
             Sub::Token => {
                 let body = parse_body(req)?;
@@ -296,31 +329,7 @@ impl Emulator {
         let created = |v: Value| Ok(json_response(StatusCode::CREATED, &v));
         let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
         match (method, name.is_empty()) {
-            (Method::GET, true) => {
-                let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))?;
-                let fields =
-                    FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s), &res)?;
-                if flag("watch") {
-                    let params = WatchParams {
-                        resource_version: query.get("resourceVersion").cloned(),
-                        bookmarks: flag("allowWatchBookmarks"),
-                        timeout: query
-                            .get("timeoutSeconds")
-                            .and_then(|s| s.parse().ok())
-                            .map(Duration::from_secs),
-                        send_initial_events: flag("sendInitialEvents"),
-                        labels,
-                        fields,
-                    };
-                    return self.watch(&t, params, form);
-                }
-                let page = Page {
-                    limit: query.get("limit").and_then(|l| l.parse().ok()),
-                    continue_token: query.get("continue").cloned(),
-                };
-                let list = ops::list(&self.inner.store.lock(), &t, &labels, &fields, &page)?;
-                ok(form.list(&res, list))
-            }
+            (Method::GET, true) => self.list_or_watch(&t, query, form),
             (Method::GET, false) => {
                 let obj = ops::get(&self.inner.store.lock(), &t)?;
                 ok(form.object(&res, obj))
@@ -347,19 +356,7 @@ impl Emulator {
                 )?)
             }
             (Method::PATCH, false) => {
-                let ct = header_str(req, header::CONTENT_TYPE);
-                let type_ = PatchType::from_content_type(&ct).ok_or_else(|| {
-                    ApiError::UnsupportedMediaType(format!(
-                        "the body of the request was in an unknown format - accepted media \
-                         types include: application/json-patch+json, \
-                         application/merge-patch+json, application/apply-patch+yaml{}",
-                        if res.builtin {
-                            ", application/strategic-merge-patch+json"
-                        } else {
-                            ""
-                        }
-                    ))
-                })?;
+                let type_ = patch_type(req, &res)?;
                 let mut store = self.inner.store.lock();
                 let existed = store.get(&t.key(), &t.namespace, &t.name).is_some();
                 let v = ops::patch(&mut store, &t, type_, req.body(), &write_opts)?;
@@ -438,6 +435,41 @@ impl Emulator {
                     .into(),
             )),
         }
+    }
+}
+
+/// The patch type of a PATCH's Content-Type, or 415 listing what is served.
+fn patch_type(
+    req: &Request<Bytes>,
+    res: &crate::resources::ResourceInfo,
+) -> Result<PatchType, ApiError> {
+    let ct = header_str(req, header::CONTENT_TYPE);
+    PatchType::from_content_type(&ct).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media \
+             types include: application/json-patch+json, \
+             application/merge-patch+json, application/apply-patch+yaml{}",
+            if res.builtin {
+                ", application/strategic-merge-patch+json"
+            } else {
+                ""
+            }
+        ))
+    })
+}
+
+/// The options of a write, from the query.
+fn write_options(req: &Request<Bytes>, query: &Query) -> WriteOptions {
+    let flag = |k: &str| matches!(query.get(k).map(String::as_str), Some("true" | "1"));
+    WriteOptions {
+        field_manager: query
+            .get("fieldManager")
+            .cloned()
+            .unwrap_or_else(|| default_manager(req)),
+        explicit_manager: query.contains_key("fieldManager"),
+        dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
+        force: flag("force"),
+        strict_fields: query.get("fieldValidation").is_some_and(|v| v == "Strict"),
     }
 }
 
