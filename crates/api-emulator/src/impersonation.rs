@@ -6,14 +6,13 @@ use http::HeaderMap;
 
 use crate::authn::UserInfo;
 use crate::error::ApiError;
-use crate::rbac::{self, Attributes, ResourceAttributes};
-use crate::store::Store;
+use crate::rbac::{self, Attributes, RbacObjects, ResourceAttributes};
 
 /// The user a request acts as: `user` itself when no impersonation header is present, the
 /// impersonated user when `user` may impersonate it, else 403. `check` says whether RBAC
 /// decides (else every authenticated user may).
-pub fn resolve(
-    store: &Store,
+pub fn resolve<S: RbacObjects + ?Sized>(
+    store: &S,
     user: UserInfo,
     headers: &HeaderMap,
     check: bool,
@@ -70,7 +69,7 @@ pub fn resolve(
                 resource: Some(r.clone()),
                 path: String::new(),
             };
-            if !rbac::authorize(store, &a).allowed {
+            if !rbac::allows(store, &a) {
                 let why = rbac::forbidden_message(&a);
                 return Err(ApiError::denied(&r.group, &r.resource, &r.name, &why));
             }

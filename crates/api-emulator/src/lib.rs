@@ -92,9 +92,9 @@
 //! # Fidelity: the same tests on a real cluster
 //!
 //! The conformance tests (`tests/conformance_*.rs`, `tests/kubectl.rs`) get their client
-//! from [`testing::TestEnv::new`]. When the environment variable `HSM_TEST_KUBECONFIG`
-//! names a kubeconfig, they run against that cluster instead of the emulator — the same test
-//! bodies, each in a fresh `emu-test-*` namespace that is deleted when the test ends (also
+//! from `testing::TestEnv::new` (the `testing` module, behind the `test-support` feature).
+//! When the environment variable `HSM_TEST_KUBECONFIG` names a kubeconfig, they run against
+//! that cluster instead of the emulator — the same test bodies, each in a fresh `emu-test-*` namespace that is deleted when the test ends (also
 //! when it fails), with the CRDs from `deploy/crds` server-side applied first (they stay).
 //! A behaviour that differs is a failing test:
 //!
@@ -177,6 +177,7 @@ struct Inner {
     ca: tls::ClusterCa,
     pod_runtime: RwLock<Option<Arc<dyn PodRuntime>>>,
     authorization: RwLock<Authorization>,
+    rbac_snapshot: Mutex<(u64, Arc<rbac::Snapshot>)>,
     bookmark_interval: Duration,
     max_body_bytes: usize,
 }
@@ -269,6 +270,7 @@ impl Builder {
                 ca,
                 pod_runtime: RwLock::new(None),
                 authorization: RwLock::new(self.authorization),
+                rbac_snapshot: Mutex::new((u64::MAX, Arc::default())),
                 bookmark_interval: self.bookmark_interval,
                 max_body_bytes: self.max_body_bytes,
             }),
@@ -343,6 +345,21 @@ impl Emulator {
     /// Switches authorisation (e.g. to [`Authorization::Rbac`] after a test set up its Roles).
     pub fn set_authorization(&self, mode: Authorization) {
         *self.inner.authorization.write() = mode;
+    }
+
+    /// The RBAC objects as they are now, from the snapshot taken at their last change.
+    fn rbac_snapshot(&self, store: &Store) -> Arc<rbac::Snapshot> {
+        let mut cached = self.inner.rbac_snapshot.lock();
+        if cached.0 != store.rbac_generation {
+            *cached = (store.rbac_generation, Arc::new(rbac::Snapshot::of(store)));
+        }
+        cached.1.clone()
+    }
+
+    /// What the RBAC authoriser decides for `attributes` now (whatever the enforcement
+    /// mode).
+    pub fn authorize(&self, attributes: &rbac::Attributes) -> rbac::Decision {
+        rbac::authorize(&*self.inner.store.lock(), attributes)
     }
 
     /// Registers what serves `pods/log` (and later `pods/portforward`): a pod runner.

@@ -4,12 +4,17 @@
 //! `*`, and `*` everywhere. `system:masters` is always allowed (the real server's privileged
 //! group); a binding whose role does not exist grants nothing.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::authn::{MASTERS_GROUP, UserInfo};
+use crate::resources::ResourceKey;
 use crate::store::Store;
 
-const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+/// The API group of the RBAC kinds.
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// What is being done to which resource, as the real server's RequestInfo.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,77 +54,194 @@ pub struct Decision {
     pub reason: String,
 }
 
-/// Decides `a` over the RBAC objects in `store`.
-pub fn authorize(store: &Store, a: &Attributes) -> Decision {
-    if a.user.groups.iter().any(|g| g == MASTERS_GROUP) {
-        return Decision {
+/// Where the authoriser reads Roles, ClusterRoles and their bindings: the store itself, or
+/// a [`Snapshot`] of them taken when they last changed (so that decisions run without the
+/// store's lock).
+pub trait RbacObjects {
+    /// The objects of `plural` (`roles`, `clusterroles`, `rolebindings`,
+    /// `clusterrolebindings`), of one namespace or all.
+    fn rbac_list<'a>(
+        &'a self,
+        plural: &str,
+        namespace: Option<&'a str>,
+    ) -> Box<dyn Iterator<Item = &'a Arc<Value>> + 'a>;
+    /// One object of `plural`.
+    fn rbac_get(&self, plural: &str, namespace: &str, name: &str) -> Option<&Arc<Value>>;
+}
+
+fn key(plural: &str) -> ResourceKey {
+    (RBAC_GROUP.to_string(), plural.to_string())
+}
+
+impl RbacObjects for Store {
+    fn rbac_list<'a>(
+        &'a self,
+        plural: &str,
+        namespace: Option<&'a str>,
+    ) -> Box<dyn Iterator<Item = &'a Arc<Value>> + 'a> {
+        self.list(&key(plural), namespace)
+    }
+
+    fn rbac_get(&self, plural: &str, namespace: &str, name: &str) -> Option<&Arc<Value>> {
+        self.get(&key(plural), namespace, name)
+    }
+}
+
+/// The RBAC objects of a store at one moment.
+#[derive(Default)]
+pub struct Snapshot {
+    objects: HashMap<String, BTreeMap<(String, String), Arc<Value>>>,
+}
+
+impl Snapshot {
+    /// The RBAC objects `store` holds now.
+    pub fn of(store: &Store) -> Self {
+        let mut objects = HashMap::new();
+        for plural in [
+            "roles",
+            "clusterroles",
+            "rolebindings",
+            "clusterrolebindings",
+        ] {
+            let by_name: BTreeMap<_, _> = store
+                .list(&key(plural), None)
+                .map(|o| (crate::store::ns_name(o), o.clone()))
+                .collect();
+            objects.insert(plural.to_string(), by_name);
+        }
+        Snapshot { objects }
+    }
+}
+
+impl RbacObjects for Snapshot {
+    fn rbac_list<'a>(
+        &'a self,
+        plural: &str,
+        namespace: Option<&'a str>,
+    ) -> Box<dyn Iterator<Item = &'a Arc<Value>> + 'a> {
+        let Some(objects) = self.objects.get(plural) else {
+            return Box::new(std::iter::empty());
+        };
+        match namespace {
+            Some(ns) => Box::new(
+                objects
+                    .range((ns.to_string(), String::new())..)
+                    .take_while(move |((n, _), _)| n == ns)
+                    .map(|(_, v)| v),
+            ),
+            None => Box::new(objects.values()),
+        }
+    }
+
+    fn rbac_get(&self, plural: &str, namespace: &str, name: &str) -> Option<&Arc<Value>> {
+        self.objects
+            .get(plural)?
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+}
+
+/// Decides `a` over the RBAC objects in `store`, with the real authoriser's reason.
+pub fn authorize<S: RbacObjects + ?Sized>(store: &S, a: &Attributes) -> Decision {
+    match decide(store, a) {
+        Some(Grant::Privileged) => Decision {
             allowed: true,
             reason: String::new(),
-        };
-    }
-    let key = |plural: &str| (RBAC_GROUP.to_string(), plural.to_string());
-    for binding in store.list(&key("clusterrolebindings"), None) {
-        if let Some(reason) = grant(store, binding, "", a) {
-            return allowed(reason);
-        }
-    }
-    if let Some(r) = &a.resource
-        && !r.namespace.is_empty()
-    {
-        for binding in store.list(&key("rolebindings"), Some(&r.namespace)) {
-            if let Some(reason) = grant(store, binding, &r.namespace, a) {
-                return allowed(reason);
-            }
-        }
-    }
-    Decision {
-        allowed: false,
-        reason: String::new(),
+        },
+        Some(Grant::Binding {
+            binding,
+            namespace,
+            subject,
+        }) => Decision {
+            allowed: true,
+            reason: format!("RBAC: {}", explain(binding, namespace, subject)),
+        },
+        None => Decision {
+            allowed: false,
+            reason: String::new(),
+        },
     }
 }
 
-fn allowed(reason: String) -> Decision {
-    Decision {
-        allowed: true,
-        reason: format!("RBAC: {reason}"),
-    }
+/// Whether `a` is allowed (what request gating needs: no reason is worded).
+pub fn allows<S: RbacObjects + ?Sized>(store: &S, a: &Attributes) -> bool {
+    decide(store, a).is_some()
 }
 
-/// Whether `binding` (a RoleBinding in `namespace`, or a ClusterRoleBinding when
-/// `namespace` is empty) grants `a`; the reason if so.
-fn grant(store: &Store, binding: &Value, namespace: &str, a: &Attributes) -> Option<String> {
-    let subject = binding["subjects"]
-        .as_array()?
-        .iter()
-        .find(|s| subject_matches(s, namespace, &a.user))?;
-    let role_kind = binding["roleRef"]["kind"].as_str()?;
-    let role_name = binding["roleRef"]["name"].as_str()?;
-    let role = match role_kind {
-        "ClusterRole" => store.get(&(RBAC_GROUP.into(), "clusterroles".into()), "", role_name),
-        "Role" if !namespace.is_empty() => {
-            store.get(&(RBAC_GROUP.into(), "roles".into()), namespace, role_name)
-        }
-        _ => None,
-    }?;
-    // A RoleBinding never grants non-resource URLs.
-    if namespace.is_empty() || a.resource.is_some() {
-        role["rules"]
-            .as_array()?
-            .iter()
-            .find(|rule| rule_allows(rule, a))?;
-    } else {
-        return None;
+/// What granted a request.
+enum Grant<'a> {
+    /// `system:masters`.
+    Privileged,
+    /// A binding (in `namespace`, empty for a ClusterRoleBinding) and its matching subject.
+    Binding {
+        binding: &'a Value,
+        namespace: &'a str,
+        subject: &'a Value,
+    },
+}
+
+fn decide<'a, S: RbacObjects + ?Sized>(store: &'a S, a: &'a Attributes) -> Option<Grant<'a>> {
+    if a.user.groups.iter().any(|g| g == MASTERS_GROUP) {
+        return Some(Grant::Privileged);
     }
+    let cluster = store
+        .rbac_list("clusterrolebindings", None)
+        .find_map(|b| grant(store, b, "", a));
+    if cluster.is_some() {
+        return cluster;
+    }
+    let r = a.resource.as_ref().filter(|r| !r.namespace.is_empty())?;
+    store
+        .rbac_list("rolebindings", Some(&r.namespace))
+        .find_map(|b| grant(store, b, &r.namespace, a))
+}
+
+/// `allowed by RoleBinding "b/ns" of Role "r" to User "u"`.
+fn explain(binding: &Value, namespace: &str, subject: &Value) -> String {
     let binding_name = binding["metadata"]["name"].as_str().unwrap_or_default();
     let binding_desc = if namespace.is_empty() {
         format!("ClusterRoleBinding {binding_name:?}")
     } else {
         format!("RoleBinding \"{binding_name}/{namespace}\"")
     };
-    Some(format!(
+    let role_kind = binding["roleRef"]["kind"].as_str().unwrap_or_default();
+    let role_name = binding["roleRef"]["name"].as_str().unwrap_or_default();
+    format!(
         "allowed by {binding_desc} of {role_kind} {role_name:?} to {}",
         describe_subject(subject, namespace)
-    ))
+    )
+}
+
+/// Whether `binding` (a RoleBinding in `namespace`, or a ClusterRoleBinding when
+/// `namespace` is empty) grants `a`.
+fn grant<'a, S: RbacObjects + ?Sized>(
+    store: &'a S,
+    binding: &'a Value,
+    namespace: &'a str,
+    a: &Attributes,
+) -> Option<Grant<'a>> {
+    // A RoleBinding never grants non-resource URLs.
+    if !namespace.is_empty() && a.resource.is_none() {
+        return None;
+    }
+    let subject = binding["subjects"]
+        .as_array()?
+        .iter()
+        .find(|s| subject_matches(s, namespace, &a.user))?;
+    let role_name = binding["roleRef"]["name"].as_str()?;
+    let role = match binding["roleRef"]["kind"].as_str()? {
+        "ClusterRole" => store.rbac_get("clusterroles", "", role_name),
+        "Role" if !namespace.is_empty() => store.rbac_get("roles", namespace, role_name),
+        _ => None,
+    }?;
+    role["rules"]
+        .as_array()?
+        .iter()
+        .any(|rule| rule_allows(rule, a))
+        .then_some(Grant::Binding {
+            binding,
+            namespace,
+            subject,
+        })
 }
 
 fn describe_subject(s: &Value, binding_ns: &str) -> String {
@@ -145,7 +267,13 @@ pub fn subject_matches(s: &Value, binding_ns: &str, user: &UserInfo) -> bool {
                 .as_str()
                 .filter(|n| !n.is_empty())
                 .unwrap_or(binding_ns);
-            !ns.is_empty() && user.username == format!("system:serviceaccount:{ns}:{name}")
+            !ns.is_empty()
+                && user
+                    .username
+                    .strip_prefix("system:serviceaccount:")
+                    .and_then(|rest| rest.strip_prefix(ns))
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    == Some(name)
         }
         _ => false,
     }
@@ -175,15 +303,16 @@ pub fn rule_allows(rule: &Value, a: &Attributes) -> bool {
 }
 
 fn resource_matches(resources: &Value, r: &ResourceAttributes) -> bool {
-    let combined = if r.subresource.is_empty() {
-        r.resource.clone()
-    } else {
-        format!("{}/{}", r.resource, r.subresource)
-    };
     strings(resources).any(|res| {
-        res == "*"
-            || res == combined
-            || (!r.subresource.is_empty() && res == format!("*/{}", r.subresource))
+        if res == "*" {
+            return true;
+        }
+        if r.subresource.is_empty() {
+            return res == r.resource;
+        }
+        // `res/sub` or `*/sub`.
+        res.split_once('/')
+            .is_some_and(|(main, sub)| sub == r.subresource && (main == "*" || main == r.resource))
     })
 }
 

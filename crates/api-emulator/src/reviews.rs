@@ -184,7 +184,7 @@ impl Emulator {
             );
         }
         let attrs = spec_attributes(spec, user, local_namespace);
-        let d = rbac::authorize(&self.inner.store.lock(), &attrs);
+        let d = rbac::authorize(&*self.inner.store.lock(), &attrs);
         let mut status = json!({"allowed": d.allowed});
         if !d.reason.is_empty() {
             status["reason"] = json!(d.reason);

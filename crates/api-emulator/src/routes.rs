@@ -117,17 +117,23 @@ impl Emulator {
             .get(header::AUTHORIZATION)
             .map(|h| h.to_str().unwrap_or_default());
         let rbac_on = *self.inner.authorization.read() == Authorization::Rbac;
-        let authenticated = {
+        // Authentication under the store's lock; authorisation outside it, on a snapshot of
+        // the RBAC objects, so that decisions do not lengthen the lock's hold.
+        let (authenticated, snapshot) = {
             let store = self.inner.store.lock();
-            self.inner
+            let snapshot = self.rbac_snapshot(&store);
+            let authenticated = self
+                .inner
                 .auth
                 .read()
-                .authenticate_header(&store, credentials)
-                .map_err(|_| ApiError::Unauthorized)
-                .and_then(|user| {
-                    crate::impersonation::resolve(&store, user, req.headers(), rbac_on)
-                })
+                .authenticate_header(&store, credentials);
+            (authenticated, snapshot)
         };
+        let authenticated = authenticated
+            .map_err(|_| ApiError::Unauthorized)
+            .and_then(|user| {
+                crate::impersonation::resolve(&*snapshot, user, req.headers(), rbac_on)
+            });
         let (user, refused) = match authenticated {
             Ok(user) => (user, None),
             Err(e) => (
@@ -140,8 +146,7 @@ impl Emulator {
             ),
         };
         let attrs = attributes::of_request(req.method(), req.uri().path(), &query, user);
-        let allowed = refused.is_none()
-            && (!rbac_on || rbac::authorize(&self.inner.store.lock(), &attrs).allowed);
+        let allowed = refused.is_none() && (!rbac_on || rbac::allows(&*snapshot, &attrs));
         let result = if let Some(e) = refused {
             Err(e)
         } else if !allowed {
