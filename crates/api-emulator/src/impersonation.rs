@@ -6,13 +6,13 @@ use http::HeaderMap;
 
 use crate::authn::UserInfo;
 use crate::error::ApiError;
-use crate::rbac::{self, Attributes, RbacObjects, ResourceAttributes};
+use crate::rbac::{self, Attributes, ResourceAttributes, Snapshot};
 
 /// The user a request acts as: `user` itself when no impersonation header is present, the
 /// impersonated user when `user` may impersonate it, else 403. `check` says whether RBAC
 /// decides (else every authenticated user may).
-pub fn resolve<S: RbacObjects + ?Sized>(
-    store: &S,
+pub fn resolve(
+    store: &Snapshot,
     user: UserInfo,
     headers: &HeaderMap,
     check: bool,

@@ -348,7 +348,7 @@ impl Emulator {
     }
 
     /// The RBAC objects as they are now, from the snapshot taken at their last change.
-    fn rbac_snapshot(&self, store: &Store) -> Arc<rbac::Snapshot> {
+    pub(crate) fn rbac_snapshot(&self, store: &Store) -> Arc<rbac::Snapshot> {
         let mut cached = self.inner.rbac_snapshot.lock();
         if cached.0 != store.rbac_generation {
             *cached = (store.rbac_generation, Arc::new(rbac::Snapshot::of(store)));
@@ -359,7 +359,8 @@ impl Emulator {
     /// What the RBAC authoriser decides for `attributes` now (whatever the enforcement
     /// mode).
     pub fn authorize(&self, attributes: &rbac::Attributes) -> rbac::Decision {
-        rbac::authorize(&*self.inner.store.lock(), attributes)
+        let snapshot = self.rbac_snapshot(&self.inner.store.lock());
+        rbac::authorize(&snapshot, attributes)
     }
 
     /// Registers what serves `pods/log` (and later `pods/portforward`): a pod runner.

@@ -4,7 +4,7 @@
 //! `*`, and `*` everywhere. `system:masters` is always allowed (the real server's privileged
 //! group); a binding whose role does not exist grants nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -54,95 +54,83 @@ pub struct Decision {
     pub reason: String,
 }
 
-/// Where the authoriser reads Roles, ClusterRoles and their bindings: the store itself, or
-/// a [`Snapshot`] of them taken when they last changed (so that decisions run without the
-/// store's lock).
-pub trait RbacObjects {
-    /// The objects of `plural` (`roles`, `clusterroles`, `rolebindings`,
-    /// `clusterrolebindings`), of one namespace or all.
-    fn rbac_list<'a>(
-        &'a self,
-        plural: &str,
-        namespace: Option<&'a str>,
-    ) -> Box<dyn Iterator<Item = &'a Arc<Value>> + 'a>;
-    /// One object of `plural`.
-    fn rbac_get(&self, plural: &str, namespace: &str, name: &str) -> Option<&Arc<Value>>;
-}
-
 fn key(plural: &str) -> ResourceKey {
     (RBAC_GROUP.to_string(), plural.to_string())
 }
 
-impl RbacObjects for Store {
-    fn rbac_list<'a>(
-        &'a self,
-        plural: &str,
-        namespace: Option<&'a str>,
-    ) -> Box<dyn Iterator<Item = &'a Arc<Value>> + 'a> {
-        self.list(&key(plural), namespace)
-    }
+/// A binding with its role looked up when the snapshot was taken.
+struct Compiled {
+    binding: Arc<Value>,
+    /// The role; `None` when it does not exist (the binding grants nothing).
+    role: Option<Arc<Value>>,
+}
 
-    fn rbac_get(&self, plural: &str, namespace: &str, name: &str) -> Option<&Arc<Value>> {
-        self.get(&key(plural), namespace, name)
+impl Compiled {
+    /// Whether this binding (in `namespace`, empty for a ClusterRoleBinding) grants `a`.
+    fn grant<'a>(&'a self, namespace: &'a str, a: &Attributes) -> Option<Grant<'a>> {
+        let role = self.role.as_ref()?;
+        let subject = self.binding["subjects"]
+            .as_array()?
+            .iter()
+            .find(|s| subject_matches(s, namespace, &a.user))?;
+        role["rules"]
+            .as_array()?
+            .iter()
+            .any(|rule| rule_allows(rule, a))
+            .then_some(Grant::Binding {
+                binding: &self.binding,
+                namespace,
+                subject,
+            })
     }
 }
 
-/// The RBAC objects of a store at one moment.
+/// The RBAC objects of a store at one moment, each binding with its role resolved, so
+/// that decisions run without the store's lock and without lookups. Rebuilt when an RBAC
+/// object changes (see [`Store::rbac_generation`]).
 #[derive(Default)]
 pub struct Snapshot {
-    objects: HashMap<String, BTreeMap<(String, String), Arc<Value>>>,
+    cluster: Vec<Compiled>,
+    namespaced: HashMap<String, Vec<Compiled>>,
 }
 
 impl Snapshot {
     /// The RBAC objects `store` holds now.
     pub fn of(store: &Store) -> Self {
-        let mut objects = HashMap::new();
-        for plural in [
-            "roles",
-            "clusterroles",
-            "rolebindings",
-            "clusterrolebindings",
-        ] {
-            let by_name: BTreeMap<_, _> = store
-                .list(&key(plural), None)
-                .map(|o| (crate::store::ns_name(o), o.clone()))
-                .collect();
-            objects.insert(plural.to_string(), by_name);
-        }
-        Snapshot { objects }
-    }
-}
-
-impl RbacObjects for Snapshot {
-    fn rbac_list<'a>(
-        &'a self,
-        plural: &str,
-        namespace: Option<&'a str>,
-    ) -> Box<dyn Iterator<Item = &'a Arc<Value>> + 'a> {
-        let Some(objects) = self.objects.get(plural) else {
-            return Box::new(std::iter::empty());
+        let compile = |binding: &Arc<Value>, namespace: &str| {
+            let name = binding["roleRef"]["name"].as_str().unwrap_or_default();
+            let role = match binding["roleRef"]["kind"].as_str() {
+                Some("ClusterRole") => store.get(&key("clusterroles"), "", name),
+                Some("Role") if !namespace.is_empty() => store.get(&key("roles"), namespace, name),
+                _ => None,
+            };
+            Compiled {
+                binding: binding.clone(),
+                role: role.cloned(),
+            }
         };
-        match namespace {
-            Some(ns) => Box::new(
-                objects
-                    .range((ns.to_string(), String::new())..)
-                    .take_while(move |((n, _), _)| n == ns)
-                    .map(|(_, v)| v),
-            ),
-            None => Box::new(objects.values()),
+        let cluster = store
+            .list(&key("clusterrolebindings"), None)
+            .map(|b| compile(b, ""))
+            .collect();
+        let mut namespaced: HashMap<String, Vec<Compiled>> = HashMap::new();
+        for b in store.list(&key("rolebindings"), None) {
+            let ns = b["metadata"]["namespace"].as_str().unwrap_or_default();
+            namespaced
+                .entry(ns.to_string())
+                .or_default()
+                .push(compile(b, ns));
         }
-    }
-
-    fn rbac_get(&self, plural: &str, namespace: &str, name: &str) -> Option<&Arc<Value>> {
-        self.objects
-            .get(plural)?
-            .get(&(namespace.to_string(), name.to_string()))
+        Snapshot {
+            cluster,
+            namespaced,
+        }
     }
 }
 
-/// Decides `a` over the RBAC objects in `store`, with the real authoriser's reason.
-pub fn authorize<S: RbacObjects + ?Sized>(store: &S, a: &Attributes) -> Decision {
-    match decide(store, a) {
+/// Decides `a` over the RBAC objects of `snapshot`, with the real authoriser's reason.
+pub fn authorize(snapshot: &Snapshot, a: &Attributes) -> Decision {
+    match decide(snapshot, a) {
         Some(Grant::Privileged) => Decision {
             allowed: true,
             reason: String::new(),
@@ -163,8 +151,8 @@ pub fn authorize<S: RbacObjects + ?Sized>(store: &S, a: &Attributes) -> Decision
 }
 
 /// Whether `a` is allowed (what request gating needs: no reason is worded).
-pub fn allows<S: RbacObjects + ?Sized>(store: &S, a: &Attributes) -> bool {
-    decide(store, a).is_some()
+pub fn allows(snapshot: &Snapshot, a: &Attributes) -> bool {
+    decide(snapshot, a).is_some()
 }
 
 /// What granted a request.
@@ -179,20 +167,21 @@ enum Grant<'a> {
     },
 }
 
-fn decide<'a, S: RbacObjects + ?Sized>(store: &'a S, a: &'a Attributes) -> Option<Grant<'a>> {
+fn decide<'a>(snapshot: &'a Snapshot, a: &'a Attributes) -> Option<Grant<'a>> {
     if a.user.groups.iter().any(|g| g == MASTERS_GROUP) {
         return Some(Grant::Privileged);
     }
-    let cluster = store
-        .rbac_list("clusterrolebindings", None)
-        .find_map(|b| grant(store, b, "", a));
+    let cluster = snapshot.cluster.iter().find_map(|c| c.grant("", a));
     if cluster.is_some() {
         return cluster;
     }
+    // A RoleBinding grants only resources in its namespace, never non-resource URLs.
     let r = a.resource.as_ref().filter(|r| !r.namespace.is_empty())?;
-    store
-        .rbac_list("rolebindings", Some(&r.namespace))
-        .find_map(|b| grant(store, b, &r.namespace, a))
+    snapshot
+        .namespaced
+        .get(&r.namespace)?
+        .iter()
+        .find_map(|c| c.grant(&r.namespace, a))
 }
 
 /// `allowed by RoleBinding "b/ns" of Role "r" to User "u"`.
@@ -209,39 +198,6 @@ fn explain(binding: &Value, namespace: &str, subject: &Value) -> String {
         "allowed by {binding_desc} of {role_kind} {role_name:?} to {}",
         describe_subject(subject, namespace)
     )
-}
-
-/// Whether `binding` (a RoleBinding in `namespace`, or a ClusterRoleBinding when
-/// `namespace` is empty) grants `a`.
-fn grant<'a, S: RbacObjects + ?Sized>(
-    store: &'a S,
-    binding: &'a Value,
-    namespace: &'a str,
-    a: &Attributes,
-) -> Option<Grant<'a>> {
-    // A RoleBinding never grants non-resource URLs.
-    if !namespace.is_empty() && a.resource.is_none() {
-        return None;
-    }
-    let subject = binding["subjects"]
-        .as_array()?
-        .iter()
-        .find(|s| subject_matches(s, namespace, &a.user))?;
-    let role_name = binding["roleRef"]["name"].as_str()?;
-    let role = match binding["roleRef"]["kind"].as_str()? {
-        "ClusterRole" => store.rbac_get("clusterroles", "", role_name),
-        "Role" if !namespace.is_empty() => store.rbac_get("roles", namespace, role_name),
-        _ => None,
-    }?;
-    role["rules"]
-        .as_array()?
-        .iter()
-        .any(|rule| rule_allows(rule, a))
-        .then_some(Grant::Binding {
-            binding,
-            namespace,
-            subject,
-        })
 }
 
 fn describe_subject(s: &Value, binding_ns: &str) -> String {

@@ -184,7 +184,8 @@ impl Emulator {
             );
         }
         let attrs = spec_attributes(spec, user, local_namespace);
-        let d = rbac::authorize(&*self.inner.store.lock(), &attrs);
+        let snapshot = self.rbac_snapshot(&self.inner.store.lock());
+        let d = rbac::authorize(&snapshot, &attrs);
         let mut status = json!({"allowed": d.allowed});
         if !d.reason.is_empty() {
             status["reason"] = json!(d.reason);

@@ -132,7 +132,7 @@ impl Emulator {
         let authenticated = authenticated
             .map_err(|_| ApiError::Unauthorized)
             .and_then(|user| {
-                crate::impersonation::resolve(&*snapshot, user, req.headers(), rbac_on)
+                crate::impersonation::resolve(&snapshot, user, req.headers(), rbac_on)
             });
         let (user, refused) = match authenticated {
             Ok(user) => (user, None),
@@ -146,7 +146,7 @@ impl Emulator {
             ),
         };
         let attrs = attributes::of_request(req.method(), req.uri().path(), &query, user);
-        let allowed = refused.is_none() && (!rbac_on || rbac::allows(&*snapshot, &attrs));
+        let allowed = refused.is_none() && (!rbac_on || rbac::allows(&snapshot, &attrs));
         let result = if let Some(e) = refused {
             Err(e)
         } else if !allowed {
