@@ -5,15 +5,26 @@ use std::process::Command;
 
 /// Debian packages the tests and the demo use: SoftHSM2 (the PKCS#11 token in tests), OpenSC
 /// and its tools (the PKCS#11 module of SmartCard-HSM / Pico HSM cards), pcscd with the CCID
-/// and vpcd reader drivers (the virtual card), and pcsc-tools for debugging.
+/// and vpcd reader drivers (the virtual card), and pcsc-tools for debugging; for the images,
+/// Podman with runc, binutils (`strip`), CA certificates and the PC/SC library; and nix-bin
+/// for `nix-instantiate --parse` of the Nix files.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "softhsm2",
     "opensc",
     "pcscd",
     "libccid",
+    "libpcsclite1",
     "vsmartcard-vpcd",
     "pcsc-tools",
+    "podman",
+    "runc",
+    "binutils",
+    "ca-certificates",
+    "nix-bin",
 ];
+
+/// Cargo tools the lints run: the Nix formatter and dead-code finder.
+pub const CARGO_TOOLS: &[(&str, &str)] = &[("nixpkgs-fmt", "nixpkgs-fmt"), ("deadnix", "deadnix")];
 
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
@@ -56,6 +67,7 @@ pub fn ensure() -> Result<()> {
         apt(&args)?;
     }
     ensure_kubectl()?;
+    crate::podman_conf::ensure()?;
     let nextest = Command::new("cargo")
         .args(["nextest", "--version"])
         .output()
@@ -68,6 +80,18 @@ pub fn ensure() -> Result<()> {
             "cargo",
             &["install", "--locked", "cargo-nextest"],
         )?;
+    }
+    for (crate_name, program) in CARGO_TOOLS {
+        // nixpkgs-fmt --version exits 1 after printing it: being there is what counts.
+        let present = Command::new(program).arg("--version").output().is_ok();
+        if !present {
+            eprintln!("installing {crate_name}");
+            crate::run(
+                std::path::Path::new("."),
+                "cargo",
+                &["install", "--locked", crate_name],
+            )?;
+        }
     }
     Ok(())
 }

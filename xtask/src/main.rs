@@ -6,10 +6,15 @@
 //! * `bench store` — the store benchmark on SoftHSM2 and on the virtual Pico HSM.
 //! * `bench sync` — the manager syncing HSMSecrets from two agents (latency, reads, memory).
 //! * `crdgen` — regenerates `deploy/crds` from the CRD types.
+//! * `images` — builds the scratch images from the release binaries, loads them into Podman
+//!   and runs each one's `--help`.
 //! * `deps`  — only installs what is missing.
 
 mod demo;
 mod deps;
+mod images;
+mod nix_lint;
+mod podman_conf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -57,6 +62,13 @@ enum Cmd {
     },
     /// Regenerate deploy/crds from the CRD types.
     Crdgen,
+    /// Build the scratch images (operator, agent, discovery) from the workspace's release
+    /// binaries and Debian's files, load them into Podman and smoke-test them.
+    Images {
+        /// Use the test suite's debug binaries instead of a release build (faster).
+        #[arg(long)]
+        debug: bool,
+    },
     /// Install the Debian packages and cargo tools the project needs, if missing.
     Deps,
 }
@@ -67,6 +79,8 @@ enum Fuzz {
     Agent,
     /// The virtual Pico HSM's command APDUs, from a blank, initialised or logged-in card.
     Pico,
+    /// Discovery's sysfs-attribute and uevent parsers (each target runs for `--seconds`).
+    Discovery,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -91,6 +105,7 @@ fn main() -> Result<()> {
         Cmd::Bench { which } => bench(&root, which),
         Cmd::Fuzz { which, seconds } => fuzz(&root, which, seconds),
         Cmd::Crdgen => crdgen(&root),
+        Cmd::Images { debug } => images::run(&root, debug),
         Cmd::Deps => deps::ensure(),
     }
 }
@@ -106,7 +121,11 @@ fn workspace_root() -> Result<PathBuf> {
 /// Runs a command in the workspace root, failing on a non-zero exit.
 pub(crate) fn run(root: &Path, program: &str, args: &[&str]) -> Result<()> {
     eprintln!("$ {program} {}", args.join(" "));
-    let status = Command::new(program)
+    let mut command = Command::new(program);
+    // Under `cargo xtask` (cargo run), this process has the variables cargo sets for a run;
+    // builds started from here must not see them (see the function's doc).
+    delivery::cargo::clear_inherited_cargo_variables(&mut command);
+    let status = command
         .args(args)
         .current_dir(root)
         .status()
@@ -134,6 +153,7 @@ fn test(root: &Path, no_lint: bool, nextest_args: &[String]) -> Result<()> {
                 "warnings",
             ],
         )?;
+        nix_lint::run(root)?;
     }
     // nextest runs every test in its own process: SoftHSM2 and pcscd fixtures stay private.
     let mut args = vec![
@@ -238,16 +258,19 @@ fn fuzz(root: &Path, which: Fuzz, seconds: u64) -> Result<()> {
     if !has_fuzz {
         run(root, "cargo", &["install", "--locked", "cargo-fuzz"])?;
     }
-    let (dir, target) = match which {
-        Fuzz::Agent => ("crates/hsm-agent", "requests"),
-        Fuzz::Pico => ("crates/virtual-pico", "apdus"),
+    let (dir, targets): (&str, &[&str]) = match which {
+        Fuzz::Agent => ("crates/hsm-agent", &["requests"]),
+        Fuzz::Pico => ("crates/virtual-pico", &["apdus"]),
+        Fuzz::Discovery => ("crates/hsm-discovery", &["sysfs_attributes", "uevents"]),
     };
     let time = format!("-max_total_time={seconds}");
-    run(
-        &root.join(dir),
-        "cargo",
-        &["+nightly", "fuzz", "run", target, "--", &time],
-    )
+    targets.iter().try_for_each(|target| {
+        run(
+            &root.join(dir),
+            "cargo",
+            &["+nightly", "fuzz", "run", target, "--", &time],
+        )
+    })
 }
 
 fn crdgen(root: &Path) -> Result<()> {

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::meta;
-use crate::ops::Target;
+use crate::request::Target;
 use crate::resources::ResourceKey;
 use crate::store::Store;
 

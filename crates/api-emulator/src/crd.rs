@@ -11,34 +11,56 @@ use crate::resources::{PrinterColumn, ResourceInfo, ScalePaths};
 /// Reads every CRD in the `.yaml`/`.yml`/`.json` files of `dir` (multi-document YAML allowed;
 /// documents of other kinds are skipped), in file-name order.
 pub fn read_crd_dir(dir: &Path) -> Result<Vec<Value>, EmulatorError> {
+    Ok(read_objects(dir)?
+        .into_iter()
+        .filter(|v| v.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition"))
+        .collect())
+}
+
+/// Reads every object in `path`: one YAML or JSON file, or the `.yaml`/`.yml`/`.json` files
+/// of a directory in file-name order (multi-document YAML allowed, empty documents skipped).
+pub fn read_objects(path: &Path) -> Result<Vec<Value>, EmulatorError> {
     let io = |context: String| move |source| EmulatorError::Io { context, source };
-    let mut paths: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io(format!("reading {}", dir.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            )
-        })
-        .collect();
-    paths.sort();
-    let mut crds = Vec::new();
+    let paths = if path.is_dir() {
+        let mut paths: Vec<_> = std::fs::read_dir(path)
+            .map_err(io(format!("reading {}", path.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+            })
+            .collect();
+        paths.sort();
+        paths
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut objects = Vec::new();
     for path in paths {
         let text =
             std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value: Value =
-                serde::Deserialize::deserialize(doc).map_err(|source| EmulatorError::Yaml {
-                    context: path.display().to_string(),
-                    source,
-                })?;
-            if value.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition") {
-                crds.push(value);
-            }
+        objects.extend(parse_objects(&text, &path.display().to_string())?);
+    }
+    Ok(objects)
+}
+
+/// The objects of a multi-document YAML text (empty documents skipped); `context` names it
+/// in errors.
+pub fn parse_objects(text: &str, context: &str) -> Result<Vec<Value>, EmulatorError> {
+    let mut objects = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value: Value =
+            serde::Deserialize::deserialize(doc).map_err(|source| EmulatorError::Yaml {
+                context: context.to_string(),
+                source,
+            })?;
+        if value.is_object() {
+            objects.push(value);
         }
     }
-    Ok(crds)
+    Ok(objects)
 }
 
 /// The resource a CRD defines, or 422 when the CRD is not acceptable.

@@ -98,6 +98,40 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if r.builtin && r.group.is_empty() {
+            let extra: &[(&str, &str, &str, &[&str])] = match r.plural.as_str() {
+                "serviceaccounts" => &[(
+                    "token",
+                    "authentication.k8s.io",
+                    "TokenRequest",
+                    &["create"],
+                )],
+                "pods" => &[
+                    ("log", "", "Pod", &["get"]),
+                    (
+                        "portforward",
+                        "",
+                        "PodPortForwardOptions",
+                        &["create", "get"],
+                    ),
+                ],
+                _ => &[],
+            };
+            for (sub, group, kind, verbs) in extra {
+                let mut e = json!({
+                    "name": format!("{}/{sub}", r.plural),
+                    "singularName": "",
+                    "namespaced": true,
+                    "kind": kind,
+                    "verbs": verbs,
+                });
+                if !group.is_empty() {
+                    e["group"] = json!(group);
+                    e["version"] = json!("v1");
+                }
+                resources.push(e);
+            }
+        }
         if r.status_subresource {
             resources.push(json!({
                 "name": format!("{}/status", r.plural),

@@ -48,6 +48,20 @@ pub enum ApiError {
     /// 403 Forbidden: e.g. new content in a terminating namespace.
     #[error("{0}")]
     Forbidden(String),
+    /// 403 Forbidden by the authoriser, with the resource in `details`.
+    #[error("{message}")]
+    Denied {
+        /// `<resource> "<name>" is forbidden: User "u" cannot ...`.
+        message: String,
+        /// `details` of the Status.
+        details: Value,
+    },
+    /// 401 Unauthorized: a token that does not authenticate.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// 413 RequestEntityTooLarge: a body over the limit.
+    #[error("Request entity too large: limit is {0}")]
+    TooLarge(usize),
     /// 405 MethodNotAllowed: the verb is not served for this resource.
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -73,7 +87,9 @@ impl ApiError {
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
             ApiError::Invalid { .. } => 422,
             ApiError::BadRequest(_) => 400,
-            ApiError::Forbidden(_) => 403,
+            ApiError::Forbidden(_) | ApiError::Denied { .. } => 403,
+            ApiError::Unauthorized => 401,
+            ApiError::TooLarge(_) => 413,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::NotAcceptable(_) => 406,
             ApiError::Expired(_) => 410,
@@ -90,7 +106,9 @@ impl ApiError {
             ApiError::Conflict { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
-            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::Forbidden(_) | ApiError::Denied { .. } => "Forbidden",
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::TooLarge(_) => "RequestEntityTooLarge",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::NotAcceptable(_) => "NotAcceptable",
             ApiError::Expired(_) => "Expired",
@@ -114,7 +132,8 @@ impl ApiError {
             ApiError::NotFound { details, .. }
             | ApiError::AlreadyExists { details, .. }
             | ApiError::Conflict { details, .. }
-            | ApiError::Invalid { details, .. } => Some(details.clone()),
+            | ApiError::Invalid { details, .. }
+            | ApiError::Denied { details, .. } => Some(details.clone()),
             _ => None,
         };
         if let Some(details) = details {
@@ -159,6 +178,33 @@ impl ApiError {
                 qualified(group, resource)
             ),
             details: details(group, resource, name),
+        }
+    }
+
+    /// The authoriser's 403: `<resource>[.<group>] ["<name>" ]is forbidden: <why>`, or
+    /// `forbidden: <why>` for a path.
+    pub fn denied(group: &str, resource: &str, name: &str, why: &str) -> Self {
+        let message = match (resource.is_empty(), name.is_empty()) {
+            (true, _) => format!("forbidden: {why}"),
+            (false, true) => format!("{} is forbidden: {why}", qualified(group, resource)),
+            (false, false) => {
+                format!(
+                    "{} \"{name}\" is forbidden: {why}",
+                    qualified(group, resource)
+                )
+            }
+        };
+        ApiError::Denied {
+            message,
+            details: details(group, resource, name),
+        }
+    }
+
+    /// 422 for a body nested deeper than the decoder accepts.
+    pub fn too_deep() -> Self {
+        ApiError::Invalid {
+            message: "the object is nested too deeply: more than 128 levels".into(),
+            details: json!({"causes": [{"reason": "FieldValueInvalid", "message": "nested too deeply"}]}),
         }
     }
 
@@ -225,6 +271,9 @@ pub enum EmulatorError {
         #[source]
         source: serde_yaml::Error,
     },
+    /// The cluster CA or the TLS configuration could not be made.
+    #[error("TLS set-up")]
+    Tls(#[from] crate::tls::TlsError),
     /// A CRD or other object was refused by the API.
     #[error("{context}: {source}")]
     Api {

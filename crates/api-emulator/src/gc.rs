@@ -9,8 +9,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::meta::{self, finalizers};
-use crate::ops::{Target, present};
-use crate::paging::Page;
+use crate::request::{Target, present};
 use crate::resources::ResourceKey;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Location, Store};
@@ -176,9 +175,14 @@ pub fn delete_collection(
     fields: &FieldSelector,
     opts: &DeleteOptions,
 ) -> Result<Value, ApiError> {
-    let list = crate::ops::list(store, t, labels, fields, &Page::default())?;
+    let ns = (!t.namespace.is_empty()).then_some(t.namespace.as_str());
+    let matching: Vec<Value> = store
+        .list(&t.key(), ns)
+        .filter(|o| labels.matches(o) && fields.matches(o))
+        .map(|o| present(&t.res, &t.version, o))
+        .collect();
     let mut deleted = Vec::new();
-    for item in list["items"].as_array().into_iter().flatten() {
+    for item in &matching {
         let item_t = Target {
             namespace: item["metadata"]["namespace"]
                 .as_str()

@@ -42,8 +42,16 @@ pub fn random_suffix() -> String {
 /// otherwise (the rule of nearly every resource).
 pub fn validate_name(res: &ResourceInfo, name: &str) -> Result<(), ApiError> {
     let label = res.plural == "namespaces";
+    // RBAC objects are named by path segments (`system:basic-user`), as on the real server.
+    let path_segment = res.group == "rbac.authorization.k8s.io";
     let problem = if name.is_empty() {
         Some("Required value: name or generateName is required".to_string())
+    } else if path_segment {
+        (name == "." || name == ".." || name.contains('/') || name.contains('%')).then(|| {
+            format!(
+                "Invalid value: \"{name}\": may not be '.' or '..' and may not contain '/' or '%'"
+            )
+        })
     } else if label && !is_dns_label(name) {
         Some(format!(
             "Invalid value: \"{name}\": a lowercase RFC 1123 label must consist of lower case \

@@ -13,74 +13,15 @@ use crate::admission::{
 };
 use crate::apply::Apply;
 use crate::error::ApiError;
-use crate::fields::{self, Scope};
+use crate::fields;
 use crate::gc;
 use crate::meta;
 use crate::paging::{self, Continue, Page};
 use crate::patch::{self, PatchType};
-use crate::resources::{ResourceInfo, ResourceKey};
+use crate::request::{Target, WriteOptions, present};
+use crate::resources::ResourceInfo;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::Store;
-
-/// What a request addresses.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// The resource.
-    pub res: Arc<ResourceInfo>,
-    /// The version in the URL.
-    pub version: String,
-    /// The namespace in the URL (empty for cluster-scoped or all namespaces).
-    pub namespace: String,
-    /// The name in the URL (empty for a collection).
-    pub name: String,
-    /// Whether the URL ends in `/status`.
-    pub status: bool,
-}
-
-impl Target {
-    /// The store key of the resource.
-    pub fn key(&self) -> ResourceKey {
-        crate::events::storage_key(&self.res)
-    }
-
-    fn scope(&self) -> Scope {
-        if self.status {
-            Scope::Status
-        } else {
-            Scope::Main {
-                status_subresource: self.res.status_subresource,
-            }
-        }
-    }
-
-    /// `group/version` of the request.
-    pub fn api_version(&self) -> String {
-        self.res.api_version(&self.version)
-    }
-}
-
-/// Options of a write.
-#[derive(Debug, Clone, Default)]
-pub struct WriteOptions {
-    /// `fieldManager`, or the client's User-Agent product when absent.
-    pub field_manager: String,
-    /// Whether `fieldManager` was given (apply requires it).
-    pub explicit_manager: bool,
-    /// `dryRun=All`: compute, validate, do not store.
-    pub dry_run: bool,
-    /// `force=true` for apply.
-    pub force: bool,
-    /// `fieldValidation=Strict`: unknown fields are an error.
-    pub strict_fields: bool,
-}
-
-/// The object as seen through `version` (apiVersion and kind set).
-pub fn present(res: &ResourceInfo, version: &str, object: &Value) -> Value {
-    let mut o = crate::events::outbound(res, object);
-    o["apiVersion"] = json!(res.api_version(version));
-    o["kind"] = json!(res.kind);
-    o
-}
 
 /// Creates an object (POST to a collection).
 pub fn create(
@@ -185,9 +126,9 @@ fn create_with(
 }
 
 /// What the real cluster's controllers put in every new namespace: the `default`
-/// ServiceAccount and the `kube-root-ca.crt` ConfigMap (empty here: the emulator serves no
-/// TLS).
+/// ServiceAccount and the `kube-root-ca.crt` ConfigMap with the cluster CA.
 fn populate_namespace(store: &mut Store, namespace: &str) {
+    let ca = store.cluster_ca_pem.clone();
     let fixtures = [
         (
             "serviceaccounts",
@@ -195,7 +136,7 @@ fn populate_namespace(store: &mut Store, namespace: &str) {
         ),
         (
             "configmaps",
-            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": ""}}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": ca}}),
         ),
     ];
     for (plural, object) in fixtures {

@@ -14,15 +14,19 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
 use serde_json::{Value, json};
 
+use crate::audit::AuditEntry;
+use crate::authn::UserInfo;
 use crate::error::ApiError;
 use crate::gc::{DeleteOptions, Propagation};
-use crate::ops::{self, Target, WriteOptions};
+use crate::ops;
 use crate::paging::Page;
 use crate::patch::PatchType;
+use crate::pods::PodRuntimeError;
+use crate::request::{Target, WriteOptions};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::table::Form;
 use crate::watch::{self, WatchParams};
-use crate::{Emulator, discovery, openapi};
+use crate::{Authorization, Emulator, attributes, discovery, openapi, protobuf, rbac};
 
 /// The body of every response: a whole JSON document or a stream of watch events.
 pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -33,7 +37,7 @@ impl<B> tower::Service<Request<B>> for Emulator
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
@@ -47,8 +51,12 @@ where
         let emu = self.clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
-            let bytes = match body.collect().await {
+            let limit = emu.inner.max_body_bytes;
+            let bytes = match http_body_util::Limited::new(body, limit).collect().await {
                 Ok(c) => c.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return Ok(error(&ApiError::TooLarge(limit)));
+                }
                 Err(e) => return Ok(error(&ApiError::BadRequest(format!("reading body: {e}")))),
             };
             Ok(emu.handle(Request::from_parts(parts, bytes)))
@@ -84,7 +92,7 @@ impl Emulator {
     pub fn handle(&self, req: Request<Bytes>) -> Response<ResponseBody> {
         // A bug must not take the client down with it (an in-process kube::Client shares
         // one worker for all requests): it is answered as a 500.
-        let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.route(&req)));
+        let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.gated(&req)));
         match routed {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => error(&e),
@@ -96,14 +104,77 @@ impl Emulator {
         }
     }
 
-    fn route(&self, req: &Request<Bytes>) -> Result<Response<ResponseBody>, ApiError> {
-        let path = req.uri().path().to_string();
-        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    /// Authentication, the body limit and authorisation in front of routing, each request
+    /// recorded in the audit log.
+    fn gated(&self, req: &Request<Bytes>) -> Result<Response<ResponseBody>, ApiError> {
         let query: Query = req
             .uri()
             .query()
             .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
             .unwrap_or_default();
+        let credentials = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|h| h.to_str().unwrap_or_default());
+        let rbac_on = *self.inner.authorization.read() == Authorization::Rbac;
+        // Authentication under the store's lock; authorisation outside it, on a snapshot of
+        // the RBAC objects, so that decisions do not lengthen the lock's hold.
+        let (authenticated, snapshot) = {
+            let store = self.inner.store.lock();
+            let snapshot = self.rbac_snapshot(&store);
+            let authenticated = self
+                .inner
+                .auth
+                .read()
+                .authenticate_header(&store, credentials);
+            (authenticated, snapshot)
+        };
+        let authenticated = authenticated
+            .map_err(|_| ApiError::Unauthorized)
+            .and_then(|user| {
+                crate::impersonation::resolve(&snapshot, user, req.headers(), rbac_on)
+            });
+        let (user, refused) = match authenticated {
+            Ok(user) => (user, None),
+            Err(e) => (
+                UserInfo {
+                    username: String::new(),
+                    uid: String::new(),
+                    groups: vec![],
+                },
+                Some(e),
+            ),
+        };
+        let attrs = attributes::of_request(req.method(), req.uri().path(), &query, user);
+        let allowed = refused.is_none() && (!rbac_on || rbac::allows(&snapshot, &attrs));
+        let result = if let Some(e) = refused {
+            Err(e)
+        } else if !allowed {
+            Err(denied(&attrs))
+        } else if req.body().len() > self.inner.max_body_bytes {
+            Err(ApiError::TooLarge(self.inner.max_body_bytes))
+        } else {
+            self.route(req, &query, &attrs.user)
+        };
+        let code = match &result {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.code(),
+        };
+        self.inner
+            .audit
+            .lock()
+            .record(AuditEntry::new(&attrs, allowed, code));
+        result
+    }
+
+    fn route(
+        &self,
+        req: &Request<Bytes>,
+        query: &Query,
+        user: &UserInfo,
+    ) -> Result<Response<ResponseBody>, ApiError> {
+        let path = req.uri().path().to_string();
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
         let host = req
             .headers()
@@ -139,20 +210,19 @@ impl Emulator {
             ["openapi", "v3", "apis", g, v] => {
                 ok(openapi::document(&store().registry, g, v).ok_or_else(not_found_path)?)
             }
-            ["api", "v1", rest @ ..] => self.resource_request(req, "", "v1", rest, &query),
-            ["apis", g, v, rest @ ..] => self.resource_request(req, g, v, rest, &query),
+            ["api", "v1", rest @ ..] => self.resource_request(req, "", "v1", rest, query, user),
+            ["apis", g, v, rest @ ..] => self.resource_request(req, g, v, rest, query, user),
             _ => Err(not_found_path()),
         }
     }
 
-    fn resource_request(
+    /// The target and subresource of the path after `/api/v1` or `/apis/<group>/<version>`.
+    fn resolve(
         &self,
-        req: &Request<Bytes>,
         group: &str,
         version: &str,
         rest: &[&str],
-        query: &Query,
-    ) -> Result<Response<ResponseBody>, ApiError> {
+    ) -> Result<(Target, Sub), ApiError> {
         let (namespace, resource, tail) = match rest {
             ["namespaces", ns, res, tail @ ..] if !matches!(*res, "status" | "finalize") => {
                 (*ns, *res, tail)
@@ -172,11 +242,15 @@ impl Emulator {
         {
             return Err(not_found_path());
         }
-        let (name, status, scale) = match tail {
-            [] => ("", false, false),
-            [name] => (*name, false, false),
-            [name, "status"] if res.status_subresource => (*name, true, false),
-            [name, "scale"] if res.scale.is_some() => (*name, false, true),
+        let core = |plural: &str| res.builtin && res.group.is_empty() && res.plural == plural;
+        let (name, sub) = match tail {
+            [] => ("", Sub::None),
+            [name] => (*name, Sub::None),
+            [name, "status"] if res.status_subresource => (*name, Sub::Status),
+            [name, "scale"] if res.scale.is_some() => (*name, Sub::Scale),
+            [name, "token"] if core("serviceaccounts") => (*name, Sub::Token),
+            [name, "log"] if core("pods") => (*name, Sub::Log),
+            [name, "portforward"] if core("pods") => (*name, Sub::PortForward),
             _ => return Err(not_found_path()),
         };
         let t = Target {
@@ -184,29 +258,74 @@ impl Emulator {
             version: version.to_string(),
             namespace: namespace.to_string(),
             name: name.to_string(),
-            status,
+            status: sub == Sub::Status,
         };
+        Ok((t, sub))
+    }
+
+    /// GET on a collection: a list (in pages), or a watch with `watch=true`.
+    fn list_or_watch(
+        &self,
+        t: &Target,
+        query: &Query,
+        form: Form,
+    ) -> Result<Response<ResponseBody>, ApiError> {
+        let flag = |k: &str| matches!(query.get(k).map(String::as_str), Some("true" | "1"));
+        let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))?;
+        let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s), &t.res)?;
+        if flag("watch") {
+            let params = WatchParams {
+                resource_version: query.get("resourceVersion").cloned(),
+                bookmarks: flag("allowWatchBookmarks"),
+                timeout: query
+                    .get("timeoutSeconds")
+                    .and_then(|s| s.parse().ok())
+                    .map(Duration::from_secs),
+                send_initial_events: flag("sendInitialEvents"),
+                labels,
+                fields,
+            };
+            return self.watch(t, params, form);
+        }
+        let page = Page {
+            limit: query.get("limit").and_then(|l| l.parse().ok()),
+            continue_token: query.get("continue").cloned(),
+        };
+        let list = ops::list(&self.inner.store.lock(), t, &labels, &fields, &page)?;
+        Ok(json_response(StatusCode::OK, &form.list(&t.res, list)))
+    }
+
+    fn resource_request(
+        &self,
+        req: &Request<Bytes>,
+        group: &str,
+        version: &str,
+        rest: &[&str],
+        query: &Query,
+        user: &UserInfo,
+    ) -> Result<Response<ResponseBody>, ApiError> {
+        let (t, sub) = self.resolve(group, version, rest)?;
+        let (res, namespace, name) = (t.res.clone(), t.namespace.as_str(), t.name.as_str());
         let accept = header_str(req, header::ACCEPT);
         let form = Form::from_accept(&accept);
         let method = req.method().clone();
-        if res.create_only && method != Method::POST {
+        if (res.create_only || sub == Sub::Token) && method != Method::POST {
             return Err(ApiError::MethodNotAllowed(format!(
                 "the server does not allow this method on the requested resource ({})",
                 res.plural
             )));
         }
-        let flag = |k: &str| matches!(query.get(k).map(String::as_str), Some("true" | "1"));
-        let write_opts = WriteOptions {
-            field_manager: query
-                .get("fieldManager")
-                .cloned()
-                .unwrap_or_else(|| default_manager(req)),
-            explicit_manager: query.contains_key("fieldManager"),
-            dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
-            force: flag("force"),
-            strict_fields: query.get("fieldValidation").is_some_and(|v| v == "Strict"),
-        };
-        if scale {
+        let write_opts = write_options(req, query);
+        match sub {
+            Sub::Token => {
+                let body = parse_body(req)?;
+                let v = self.token_request(namespace, name, body)?;
+                return Ok(json_response(StatusCode::CREATED, &v));
+            }
+            Sub::Log | Sub::PortForward => return self.pod_stream(&t, sub, query),
+            Sub::None | Sub::Status | Sub::Scale => {}
+        }
+        if sub == Sub::Scale {
             let ct = header_str(req, header::CONTENT_TYPE);
             let mut store = self.inner.store.lock();
             let v = crate::scale::serve(&mut store, &t, &method, &ct, req.body(), &write_opts)?;
@@ -215,39 +334,15 @@ impl Emulator {
         let created = |v: Value| Ok(json_response(StatusCode::CREATED, &v));
         let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
         match (method, name.is_empty()) {
-            (Method::GET, true) => {
-                let labels = LabelSelector::parse(query.get("labelSelector").map_or("", |s| s))?;
-                let fields =
-                    FieldSelector::parse(query.get("fieldSelector").map_or("", |s| s), &res)?;
-                if flag("watch") {
-                    let params = WatchParams {
-                        resource_version: query.get("resourceVersion").cloned(),
-                        bookmarks: flag("allowWatchBookmarks"),
-                        timeout: query
-                            .get("timeoutSeconds")
-                            .and_then(|s| s.parse().ok())
-                            .map(Duration::from_secs),
-                        send_initial_events: flag("sendInitialEvents"),
-                        labels,
-                        fields,
-                    };
-                    return self.watch(&t, params, form);
-                }
-                let page = Page {
-                    limit: query.get("limit").and_then(|l| l.parse().ok()),
-                    continue_token: query.get("continue").cloned(),
-                };
-                let list = ops::list(&self.inner.store.lock(), &t, &labels, &fields, &page)?;
-                ok(form.list(&res, list))
-            }
+            (Method::GET, true) => self.list_or_watch(&t, query, form),
             (Method::GET, false) => {
                 let obj = ops::get(&self.inner.store.lock(), &t)?;
                 ok(form.object(&res, obj))
             }
             (Method::POST, true) => {
-                let body = parse_body(req.body())?;
+                let body = parse_body(req)?;
                 if res.create_only {
-                    return created(self.inner.reviews.lock().review(&res, body)?);
+                    return created(self.review(&res, namespace, body, user)?);
                 }
                 created(ops::create(
                     &mut self.inner.store.lock(),
@@ -257,7 +352,7 @@ impl Emulator {
                 )?)
             }
             (Method::PUT, false) => {
-                let body = parse_body(req.body())?;
+                let body = parse_body(req)?;
                 ok(ops::update(
                     &mut self.inner.store.lock(),
                     &t,
@@ -266,19 +361,7 @@ impl Emulator {
                 )?)
             }
             (Method::PATCH, false) => {
-                let ct = header_str(req, header::CONTENT_TYPE);
-                let type_ = PatchType::from_content_type(&ct).ok_or_else(|| {
-                    ApiError::UnsupportedMediaType(format!(
-                        "the body of the request was in an unknown format - accepted media \
-                         types include: application/json-patch+json, \
-                         application/merge-patch+json, application/apply-patch+yaml{}",
-                        if res.builtin {
-                            ", application/strategic-merge-patch+json"
-                        } else {
-                            ""
-                        }
-                    ))
-                })?;
+                let type_ = patch_type(req, &res)?;
                 let mut store = self.inner.store.lock();
                 let existed = store.get(&t.key(), &t.namespace, &t.name).is_some();
                 let v = ops::patch(&mut store, &t, type_, req.body(), &write_opts)?;
@@ -325,6 +408,76 @@ impl Emulator {
     }
 }
 
+impl Emulator {
+    /// `pods/log` and `pods/portforward`: answered by the registered [`crate::PodRuntime`].
+    fn pod_stream(
+        &self,
+        t: &Target,
+        sub: Sub,
+        query: &Query,
+    ) -> Result<Response<ResponseBody>, ApiError> {
+        ops::get(&self.inner.store.lock(), t)?;
+        let runtime = self.inner.pod_runtime.read().clone();
+        match (sub, runtime) {
+            (Sub::Log, Some(rt)) => {
+                let opts = crate::pods::LogOptions::from_query(query);
+                let logs = rt.logs(&t.namespace, &t.name, &opts).map_err(|e| match e {
+                    PodRuntimeError::NotRunning(why) => ApiError::BadRequest(why),
+                    PodRuntimeError::Io(e) => ApiError::Internal(format!("reading the logs: {e}")),
+                })?;
+                Ok(Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, "text/plain")
+                    .body(Full::new(Bytes::from(logs)).boxed_unsync())
+                    .expect("valid response"))
+            }
+            (Sub::Log, None) => Err(ApiError::BadRequest(format!(
+                "the containers of pod \"{}\" are not running: no pod runtime is registered with the emulator",
+                t.name
+            ))),
+            _ => Err(ApiError::BadRequest(
+                "port forwarding needs a SPDY or WebSocket upgrade, which the emulator does not serve"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// The patch type of a PATCH's Content-Type, or 415 listing what is served.
+fn patch_type(
+    req: &Request<Bytes>,
+    res: &crate::resources::ResourceInfo,
+) -> Result<PatchType, ApiError> {
+    let ct = header_str(req, header::CONTENT_TYPE);
+    PatchType::from_content_type(&ct).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media \
+             types include: application/json-patch+json, \
+             application/merge-patch+json, application/apply-patch+yaml{}",
+            if res.builtin {
+                ", application/strategic-merge-patch+json"
+            } else {
+                ""
+            }
+        ))
+    })
+}
+
+/// The options of a write, from the query.
+fn write_options(req: &Request<Bytes>, query: &Query) -> WriteOptions {
+    let flag = |k: &str| matches!(query.get(k).map(String::as_str), Some("true" | "1"));
+    WriteOptions {
+        field_manager: query
+            .get("fieldManager")
+            .cloned()
+            .unwrap_or_else(|| default_manager(req)),
+        explicit_manager: query.contains_key("fieldManager"),
+        dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
+        force: flag("force"),
+        strict_fields: query.get("fieldValidation").is_some_and(|v| v == "Strict"),
+    }
+}
+
 fn header_str(req: &Request<Bytes>, name: header::HeaderName) -> String {
     req.headers()
         .get(name)
@@ -344,17 +497,83 @@ fn default_manager(req: &Request<Bytes>) -> String {
     }
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .or_else(|_| serde_yaml::from_slice(body))
-        .map_err(|e| ApiError::BadRequest(format!("the body could not be decoded: {e}")))
+/// The body of a create or update: protobuf (what client-go sends for built-in kinds),
+/// JSON or YAML. A body nested deeper than the decoders accept is a 422.
+fn parse_body(req: &Request<Bytes>) -> Result<Value, ApiError> {
+    if protobuf::is_protobuf(&header_str(req, header::CONTENT_TYPE)) {
+        return protobuf::decode(req.body());
+    }
+    parse_bytes(req.body())
+}
+
+fn parse_bytes(body: &Bytes) -> Result<Value, ApiError> {
+    // Checked before decoding: the YAML decoder takes quadratic time on deep flow nesting.
+    if bracket_depth(body) > MAX_DEPTH {
+        return Err(ApiError::too_deep());
+    }
+    match serde_json::from_slice(body) {
+        Ok(v) => Ok(v),
+        Err(e) if e.to_string().contains("recursion limit") => Err(ApiError::too_deep()),
+        Err(_) => serde_yaml::from_slice(body).map_err(|e| {
+            if e.to_string().contains("recursion limit") {
+                ApiError::too_deep()
+            } else {
+                ApiError::BadRequest(format!("the body could not be decoded: {e}"))
+            }
+        }),
+    }
+}
+
+/// The deepest nesting a body may have (serde_json's own limit).
+const MAX_DEPTH: usize = 128;
+
+/// The deepest nesting of `[`/`{` in a JSON or flow-YAML text, outside double-quoted
+/// strings.
+fn bracket_depth(body: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// The authoriser's 403 for `a`.
+fn denied(a: &rbac::Attributes) -> ApiError {
+    let why = rbac::forbidden_message(a);
+    match &a.resource {
+        Some(r) => ApiError::denied(&r.group, &r.resource, &r.name, &why),
+        None => ApiError::denied("", "", "", &why),
+    }
+}
+
+/// The subresource a request addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    None,
+    Status,
+    Scale,
+    Token,
+    Log,
+    PortForward,
 }
 
 fn delete_options(body: &Bytes, query: &Query) -> Result<DeleteOptions, ApiError> {
     let b: Value = if body.is_empty() {
         Value::Null
     } else {
-        parse_body(body)?
+        parse_bytes(body)?
     };
     let policy = query
         .get("propagationPolicy")

@@ -4,8 +4,9 @@
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::ops::{self, Target, WriteOptions};
+use crate::ops;
 use crate::patch::{self, PatchType};
+use crate::request::{Target, WriteOptions};
 use crate::resources::ScalePaths;
 use crate::store::Store;
 

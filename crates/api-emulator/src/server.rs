@@ -1,8 +1,10 @@
 //! The HTTP server: the emulator on a 127.0.0.1 port, for clients in other processes
-//! (kubectl, the manager binary). Plain HTTP: everything stays on the loopback interface.
+//! (kubectl, the manager binary), over plain HTTP or HTTPS with a certificate of the
+//! emulator's cluster CA.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
@@ -15,12 +17,19 @@ use crate::{Emulator, EmulatorError, kubeconfig};
 /// included).
 pub struct Server {
     addr: SocketAddr,
+    tls: bool,
+    ca_pem: String,
+    admin_token: String,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
-    /// Binds `addr` and starts serving `emu`.
-    pub async fn start(emu: Emulator, addr: SocketAddr) -> Result<Self, EmulatorError> {
+    /// Binds `addr` and starts serving `emu`, over TLS when a configuration is given.
+    pub async fn start(
+        emu: Emulator,
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, EmulatorError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| EmulatorError::Io {
@@ -31,6 +40,10 @@ impl Server {
             context: "reading the bound address".into(),
             source,
         })?;
+        let ca_pem = emu.ca_pem();
+        let admin_token = emu.admin_token();
+        let is_tls = tls.is_some();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let task = tokio::spawn(async move {
             // Connections live in the set, so aborting this task ends them too.
             let mut connections = JoinSet::new();
@@ -40,9 +53,20 @@ impl Server {
                         let Ok((stream, _)) = accepted else { continue };
                         let _ = stream.set_nodelay(true);
                         let service = TowerToHyperService::new(emu.clone());
+                        let acceptor = acceptor.clone();
                         connections.spawn(async move {
                             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                            let served = match acceptor {
+                                Some(acceptor) => match acceptor.accept(stream).await {
+                                    Ok(tls) => builder.serve_connection(TokioIo::new(tls), service).await,
+                                    Err(e) => {
+                                        tracing::debug!("TLS handshake failed: {e}");
+                                        return;
+                                    }
+                                },
+                                None => builder.serve_connection(TokioIo::new(stream), service).await,
+                            };
+                            if let Err(e) = served {
                                 tracing::debug!("connection ended: {e}");
                             }
                         });
@@ -51,7 +75,13 @@ impl Server {
                 }
             }
         });
-        Ok(Server { addr, task })
+        Ok(Server {
+            addr,
+            tls: is_tls,
+            ca_pem,
+            admin_token,
+            task,
+        })
     }
 
     /// The address served.
@@ -59,14 +89,20 @@ impl Server {
         self.addr
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://` when serving TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// The kubeconfig for this server, as text.
+    /// The kubeconfig for this server, as text: the admin's token, and the cluster CA when
+    /// serving TLS.
     pub fn kubeconfig(&self) -> String {
-        kubeconfig::render(self.addr)
+        kubeconfig::render(
+            &self.url(),
+            self.tls.then_some(self.ca_pem.as_str()),
+            &self.admin_token,
+        )
     }
 
     /// Writes the kubeconfig to `path`, creating its directory if needed.

@@ -79,6 +79,11 @@ pub type Location = (ResourceKey, String, String);
 pub struct Store {
     /// The served resources.
     pub registry: Registry,
+    /// The cluster CA certificate (PEM) new namespaces get in `kube-root-ca.crt`.
+    pub cluster_ca_pem: String,
+    /// Bumped by every change to an RBAC object, so the authoriser knows when its snapshot
+    /// is stale.
+    pub rbac_generation: u64,
     rv: u64,
     objects: HashMap<ResourceKey, Objects>,
     history: VecDeque<Arc<Event>>,
@@ -95,6 +100,8 @@ impl Store {
         let (tx, _) = broadcast::channel(65_536);
         Store {
             registry,
+            cluster_ca_pem: String::new(),
+            rbac_generation: 0,
             rv: 1,
             objects: HashMap::new(),
             history: VecDeque::new(),
@@ -114,6 +121,12 @@ impl Store {
     /// The oldest resourceVersion a watch or a continued list can start from.
     pub fn oldest_rv(&self) -> u64 {
         self.oldest_rv
+    }
+
+    fn note_rbac(&mut self, resource: &ResourceKey) {
+        if resource.0 == crate::rbac::RBAC_GROUP {
+            self.rbac_generation += 1;
+        }
     }
 
     /// One object.
@@ -154,6 +167,7 @@ impl Store {
     /// event. Returns the stored object.
     pub fn put(&mut self, resource: &ResourceKey, mut object: Value) -> Arc<Value> {
         self.rv += 1;
+        self.note_rbac(resource);
         object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         let (ns, name) = ns_name(&object);
         let object = Arc::new(object);
@@ -188,6 +202,7 @@ impl Store {
             .remove(&(namespace.to_string(), name.to_string()))?;
         self.unindex(resource, Some(&old));
         self.rv += 1;
+        self.note_rbac(resource);
         let mut last = last.unwrap_or_else(|| (*old).clone());
         last["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         let last = Arc::new(last);

@@ -35,7 +35,7 @@ impl TestEnv {
             Some(path) => Self::on_cluster(Path::new(&path), crd_dir).await,
             None => {
                 let emu = Emulator::new();
-                Self::setup(emu.client(), Some(emu), None, crd_dir).await
+                Self::setup(emu.admin_client(), Some(emu), None, crd_dir).await
             }
         }
     }
@@ -101,6 +101,26 @@ impl TestEnv {
     /// themselves when this is `None`.
     pub fn emulator(&self) -> Option<&Emulator> {
         self.emulator.as_ref()
+    }
+
+    /// A client from the kubeconfig that impersonates `user` (with `groups`), as
+    /// `kubectl --as` does: requests are authorised as that user. On the emulator this
+    /// also turns RBAC enforcement on (a real cluster always enforces it).
+    pub async fn client_as(&mut self, user: &str, groups: &[&str]) -> Client {
+        if let Some(emu) = &self.emulator {
+            emu.set_authorization(crate::Authorization::Rbac);
+        }
+        let path = self.kubeconfig().await;
+        let kc = Kubeconfig::read_from(&path).expect("read the kubeconfig");
+        let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("a usable kubeconfig");
+        config.auth_info.impersonate = Some(user.to_string());
+        if !groups.is_empty() {
+            config.auth_info.impersonate_groups =
+                Some(groups.iter().map(|g| g.to_string()).collect());
+        }
+        Client::try_from(config).expect("a client")
     }
 
     /// Whether this runs against a real cluster.

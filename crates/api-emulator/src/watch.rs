@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::ApiError;
-use crate::ops::{Target, present};
+use crate::request::{Target, present};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Event, EventType, Store};
 

@@ -21,6 +21,11 @@ use serde_json::{Value, json};
 #[case("apps", "v1", "Deployment", "deployments", json!({"spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}))]
 #[case("apps", "v1", "DaemonSet", "daemonsets", json!({"spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}))]
 #[case("coordination.k8s.io", "v1", "Lease", "leases", json!({"spec": {"holderIdentity": "me", "leaseDurationSeconds": 15}}))]
+#[case("apps", "v1", "StatefulSet", "statefulsets", json!({"spec": {"serviceName": "x", "selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}))]
+#[case("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", json!({"spec": {"podSelector": {"matchLabels": {"a": "b"}}, "policyTypes": ["Ingress"]}}))]
+#[case("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", json!({"spec": {"minAvailable": 1, "selector": {"matchLabels": {"a": "b"}}}}))]
+#[case("rbac.authorization.k8s.io", "v1", "Role", "roles", json!({"rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}))]
+#[case("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"}, "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]}))]
 #[tokio::test]
 async fn namespaced_builtin_round_trips(
     #[case] group: &str,
@@ -207,4 +212,87 @@ async fn a_new_namespace_has_its_default_service_account() {
         cms.get("kube-root-ca.crt").await.is_ok()
     })
     .await;
+}
+
+/// Cluster-scoped objects owned by the test namespace, so that deleting it collects them
+/// on a real cluster too.
+fn owned(
+    env: &api_emulator::testing::TestEnv,
+    ns: &k8s_openapi::api::core::v1::Namespace,
+) -> Value {
+    json!({"name": format!("emu-{}", env.namespace), "ownerReferences": [{
+        "apiVersion": "v1", "kind": "Namespace",
+        "name": ns.metadata.name, "uid": ns.metadata.uid,
+    }]})
+}
+
+#[rstest]
+#[case("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", json!({
+    "rules": [],
+    "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"emu-test/aggregate": "true"}}]},
+}))]
+#[case("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}, "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "emu-test"}]}))]
+#[case("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", json!({"webhooks": []}))]
+#[tokio::test]
+async fn cluster_scoped_builtin_is_stored_and_listed(
+    #[case] group: &str,
+    #[case] version: &str,
+    #[case] kind: &str,
+    #[case] plural: &str,
+    #[case] body: Value,
+) {
+    let env = common::env().await;
+    let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(env.client.clone())
+        .get(&env.namespace)
+        .await
+        .unwrap();
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    let api: Api<DynamicObject> = Api::all_with(env.client.clone(), &ar);
+    let mut obj = body;
+    obj["apiVersion"] = json!(ar.api_version);
+    obj["kind"] = json!(kind);
+    obj["metadata"] = owned(&env, &ns);
+    let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+    let created = api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(obj).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(created.metadata.namespace.is_none());
+    let listed = api.list(&ListParams::default()).await.unwrap();
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|o| o.metadata.name.as_deref() == Some(&name))
+    );
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_statefulset_scales_through_its_scale_subresource() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    let env = common::env().await;
+    let sts: Api<StatefulSet> = env.api();
+    let s: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db"},
+        "spec": {"serviceName": "db", "replicas": 1, "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+    }))
+    .unwrap();
+    sts.create(&PostParams::default(), &s).await.unwrap();
+    let scale = sts.get_scale("db").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(1));
+    assert_eq!(scale.status.unwrap().selector.as_deref(), Some("app=db"));
+    sts.patch_scale(
+        "db",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"replicas": 3}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sts.get("db").await.unwrap().spec.replicas, Some(3));
 }

@@ -55,8 +55,12 @@ pub mod components {
 
 /// Annotations.
 pub mod annotations {
-    /// A discovery pod's report (JSON, see [`crate::report`]).
+    /// A discovery pod's report (JSON, see [`crate::report`]): the Go operator's single key,
+    /// shared by every HSMDevice (the last one written wins). Read for compatibility; new
+    /// discovery pods write one key per device, see [`super::device_report_key`].
     pub const DEVICE_REPORT: &str = "hsm.j5t.io/device-report";
+    /// Prefix of the per-device report keys: `hsm.j5t.io/device-report.<device>`.
+    pub const DEVICE_REPORT_PREFIX: &str = "hsm.j5t.io/device-report.";
     /// Test mode of the discovery DaemonSet.
     pub const TEST_MODE: &str = "hsm.j5t.io/test-mode";
     /// Who manages an mTLS Secret; any value but [`super::APP_NAME`] means external.
@@ -187,6 +191,38 @@ pub fn agent_name(device: &str, serial: &str) -> Option<String> {
     Some(name[..MAX_AGENT_NAME_LEN].trim_end_matches('-').to_owned())
 }
 
+/// Longest device name carried whole in a report key: an annotation key's name part (after
+/// `hsm.j5t.io/`) has at most 63 characters, and `device-report.` takes 14.
+pub const MAX_REPORT_KEY_DEVICE_LEN: usize = 63 - "device-report.".len();
+
+/// The annotation key under which a discovery pod reports one HSMDevice:
+/// `hsm.j5t.io/device-report.<device>`. One key per device, so reports for several devices
+/// never overwrite each other (the Go operator's single key did). A name longer than
+/// [`MAX_REPORT_KEY_DEVICE_LEN`] is cut and given a hash of the whole name, so the key stays
+/// valid and distinct; the report itself always carries the full `hsmDeviceName`.
+pub fn device_report_key(device: &str) -> String {
+    let prefix = annotations::DEVICE_REPORT_PREFIX;
+    if device.len() <= MAX_REPORT_KEY_DEVICE_LEN {
+        return format!("{prefix}{device}");
+    }
+    // FNV-1a: stable across releases and platforms, no dependency needed.
+    let hash = device.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let keep = MAX_REPORT_KEY_DEVICE_LEN - 9;
+    let cut = device[..keep].trim_end_matches(['-', '.']);
+    format!("{prefix}{cut}-{hash:08x}")
+}
+
+/// The device segment of a per-device report key (`hsm.j5t.io/device-report.<device>` →
+/// `<device>`); `None` for any other key, the Go single key included. For names longer than
+/// [`MAX_REPORT_KEY_DEVICE_LEN`] the segment is the cut form: compare it with
+/// [`device_report_key`]'s output, or read `hsmDeviceName` from the report.
+pub fn device_from_report_key(key: &str) -> Option<&str> {
+    key.strip_prefix(annotations::DEVICE_REPORT_PREFIX)
+        .filter(|device| !device.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +247,28 @@ mod tests {
         assert!(long.len() <= 63, "{long}");
         assert!(!long.ends_with('-'));
         assert_eq!(&long[..44], "hsm-agent-a-very-long-device-name-for-testin");
+    }
+
+    #[test]
+    fn report_keys_are_per_device_and_parse_back() {
+        let key = device_report_key("pico-hsm");
+        assert_eq!(key, "hsm.j5t.io/device-report.pico-hsm");
+        assert_eq!(device_from_report_key(&key), Some("pico-hsm"));
+        assert_eq!(device_from_report_key(annotations::DEVICE_REPORT), None);
+        assert_eq!(device_from_report_key("hsm.j5t.io/device-report."), None);
+        assert_eq!(device_from_report_key("other/key"), None);
+        let fits = "a".repeat(MAX_REPORT_KEY_DEVICE_LEN);
+        assert_eq!(device_report_key(&fits).len(), "hsm.j5t.io/".len() + 63);
+        let long_a = format!("{}-a", "x".repeat(60));
+        let long_b = format!("{}-b", "x".repeat(60));
+        let (key_a, key_b) = (device_report_key(&long_a), device_report_key(&long_b));
+        assert_ne!(key_a, key_b);
+        for key in [&key_a, &key_b] {
+            let name_part = key.strip_prefix("hsm.j5t.io/").unwrap();
+            assert!(name_part.len() <= 63, "{key}");
+            assert!(name_part.ends_with(|c: char| c.is_ascii_alphanumeric()));
+        }
+        assert_eq!(device_report_key(&long_a), key_a, "stable");
     }
 
     #[test]
