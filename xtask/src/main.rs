@@ -214,24 +214,27 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
                 ],
             )?;
             // 1 000 on SoftHSM2; 10 000 on in-memory agents (the manager's side is the same).
-            [&["--secrets", "1000"][..], &["--secrets", "10000", "--memory"][..]]
-                .iter()
-                .try_for_each(|args| {
-                    let mut command = vec![
-                        "run",
-                        "--release",
-                        "--quiet",
-                        "-p",
-                        "hsm-operator",
-                        "--features",
-                        "test-support",
-                        "--example",
-                        "sync_bench",
-                        "--",
-                    ];
-                    command.extend_from_slice(args);
-                    run(root, "cargo", &command)
-                })
+            [
+                &["--secrets", "1000"][..],
+                &["--secrets", "10000", "--memory"][..],
+            ]
+            .iter()
+            .try_for_each(|args| {
+                let mut command = vec![
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "hsm-operator",
+                    "--features",
+                    "test-support",
+                    "--example",
+                    "sync_bench",
+                    "--",
+                ];
+                command.extend_from_slice(args);
+                run(root, "cargo", &command)
+            })
         }
         Bench::Agent => run(
             root,

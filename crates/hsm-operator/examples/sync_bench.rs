@@ -131,7 +131,10 @@ async fn main() {
     // agents on the in-memory store: the manager's side is the same either way.
     let memory = std::env::args().any(|a| a == "--memory");
     let agents = if memory {
-        [TestAgent::start_in_memory(&pki).await, TestAgent::start_in_memory(&pki).await]
+        [
+            TestAgent::start_in_memory(&pki).await,
+            TestAgent::start_in_memory(&pki).await,
+        ]
     } else {
         [TestAgent::start(&pki).await, TestAgent::start(&pki).await]
     };
