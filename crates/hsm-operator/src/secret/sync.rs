@@ -114,9 +114,14 @@ async fn apply_winner(
     ctx: &Arc<Context>,
 ) -> Result<(Outcome, Option<String>), Error> {
     let name = hsm_secret.name_any();
+    // The device that holds the winning copy (by id and checksum: two tokens may report
+    // the same serial).
     let winning = devices
         .iter()
-        .find(|d| build::device_id(d) == winner.device)
+        .find(|d| {
+            build::device_id(d) == winner.device
+                && d.entries.get(&name).is_some_and(|e| e.checksum == winner.checksum)
+        })
         .ok_or(Error::Stale)?;
     let slot = ctx.pool.device(&winning.key).ok_or(Error::Stale)?;
     let entry_version = winning.entries.get(&name).map_or(0, |e| e.sync_version);
