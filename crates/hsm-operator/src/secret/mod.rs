@@ -210,7 +210,8 @@ pub async fn run(
         watcher(
             Api::<DeserializeGuard<HSMSecret>>::all(client.clone()),
             watcher::Config::default(),
-        ),
+        )
+        .modify(without_managed_fields),
     )
     .inspect(move |event| {
         if let Ok(event) = event {
@@ -222,7 +223,8 @@ pub async fn run(
     let (secret_reader, secret_writer) = reflector::store::<Secret>();
     let secret_stream = reflector::reflector(
         secret_writer,
-        watcher(Api::<Secret>::all(client.clone()), managed_secrets()),
+        watcher(Api::<Secret>::all(client.clone()), managed_secrets())
+            .modify(without_managed_fields),
     )
     .default_backoff()
     .touched_objects();
@@ -253,6 +255,12 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
+}
+
+/// The caches keep no managedFields: nothing reads them, and they are most of an object's
+/// size.
+fn without_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 /// The HSMSecrets to reconcile when agents announce changed names, and a signal to reconcile

@@ -120,7 +120,9 @@ async fn apply_winner(
         .iter()
         .find(|d| {
             build::device_id(d) == winner.device
-                && d.entries.get(&name).is_some_and(|e| e.checksum == winner.checksum)
+                && d.entries
+                    .get(&name)
+                    .is_some_and(|e| e.checksum == winner.checksum)
         })
         .ok_or(Error::Stale)?;
     let slot = ctx.pool.device(&winning.key).ok_or(Error::Stale)?;
