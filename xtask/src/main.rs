@@ -40,8 +40,9 @@ enum Cmd {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
-        /// Extra arguments for cargo-nextest (a filter, `-p crate`, …).
-        #[arg(trailing_var_arg = true)]
+        /// Extra arguments for cargo-nextest (a filter, `-p crate`, …); with any, only what
+        /// they select runs instead of the whole workspace.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         nextest_args: Vec<String>,
     },
     /// Run a benchmark and print its numbers.
@@ -156,13 +157,10 @@ fn test(root: &Path, no_lint: bool, nextest_args: &[String]) -> Result<()> {
         nix_lint::run(root)?;
     }
     // nextest runs every test in its own process: SoftHSM2 and pcscd fixtures stay private.
-    let mut args = vec![
-        "nextest",
-        "run",
-        "--workspace",
-        "--all-features",
-        "--no-fail-fast",
-    ];
+    let mut args = vec!["nextest", "run", "--all-features", "--no-fail-fast"];
+    if nextest_args.is_empty() {
+        args.push("--workspace");
+    }
     args.extend(nextest_args.iter().map(String::as_str));
     run(root, "cargo", &args)?;
     if nextest_args.is_empty() {

@@ -70,7 +70,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     readiness.set_ready();
 
-    let leader_metrics = metrics.clone();
+    let (leader_metrics, lease_client) = (metrics.clone(), client.clone());
     let setup = move |shutdown| {
         secret::run(
             secret::Setup {
@@ -89,7 +89,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             duration: cli.lease_duration,
             grace: cli.lease_grace,
         };
-        let lease_client = kube::Client::try_default().await?;
         lead(lease_client, settings, leader_metrics, setup).await?;
     } else {
         setup(Box::pin(shutdown_signal())).await;

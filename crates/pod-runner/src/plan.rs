@@ -752,11 +752,11 @@ mod tests {
                     {"name": "PIN", "valueFrom": {"secretKeyRef": {"name": "tls", "key": "pin"}}},
                     {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "level"}}},
                     {"name": "CERT", "value": "/etc/hsm/tls/tls.crt"},
-                    {"name": "WORK", "value": "/work/x on $(NODE)"}],
+                    {"name": "WORK", "value": "/scratch/x on $(NODE)"}],
                 "volumeMounts": [
                     {"name": "tls", "mountPath": "/etc/hsm/tls"},
                     {"name": "cfg", "mountPath": "/etc/cfg"},
-                    {"name": "tmp", "mountPath": "/work"},
+                    {"name": "tmp", "mountPath": "/scratch"},
                     {"name": "sys", "mountPath": "/host/sys"}]}]}))
         .unwrap();
         let c = &p.containers[0];
