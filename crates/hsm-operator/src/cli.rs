@@ -79,7 +79,7 @@ pub struct Cli {
     /// Image of agent pods (empty: the manager's own image's sibling).
     #[arg(long, default_value = "")]
     pub agent_image: String,
-    /// Image of discovery pods.
+    /// Image of discovery pods (empty: `hsm-discovery:<this version>`).
     #[arg(long, default_value = "")]
     pub discovery_image: String,
     /// Safety-net interval of mirroring.
@@ -124,6 +124,10 @@ pub struct Cli {
         default_value = "hsm-secrets-operator-controller-manager"
     )]
     pub service_account_name: String,
+    /// The service account given to discovery pods (default: `--service-account-name`, as
+    /// the Go manager did; deploy/ gives them their own, `hsm-discovery`).
+    #[arg(long, env = "DISCOVERY_SERVICE_ACCOUNT_NAME")]
+    pub discovery_service_account_name: Option<String>,
     /// An agent to follow besides those the manager runs itself, as `DEVICE=URL`
     /// (`https://host:9090`); repeatable. For agents outside the cluster and for tests.
     #[arg(long = "agent-endpoint", value_parser = agent_endpoint)]
@@ -137,6 +141,25 @@ pub struct Cli {
     /// How often the PKI checks whether a certificate is due for renewal.
     #[arg(long, value_parser = go_duration, default_value = "12h")]
     pub pki_check_interval: Duration,
+}
+
+impl Cli {
+    /// The image of discovery pods: `--discovery-image`, else the discovery image of this
+    /// release.
+    pub fn discovery_image_or_default(&self) -> String {
+        match self.discovery_image.trim() {
+            "" => format!("hsm-discovery:{}", env!("CARGO_PKG_VERSION")),
+            image => image.to_owned(),
+        }
+    }
+
+    /// The service account of discovery pods.
+    pub fn discovery_service_account(&self) -> &str {
+        self.discovery_service_account_name
+            .as_deref()
+            .filter(|name| !name.is_empty())
+            .unwrap_or(&self.service_account_name)
+    }
 }
 
 fn agent_endpoint(text: &str) -> Result<(String, String), String> {
@@ -195,6 +218,33 @@ mod tests {
             Some("0.0.0.0:8443".parse().unwrap())
         );
         assert_eq!(bind_address("0").unwrap(), None);
+    }
+
+    #[test]
+    fn discovery_pods_get_their_image_and_service_account() {
+        let cli = Cli::try_parse_from(["hsm-operator"]).unwrap();
+        assert_eq!(
+            cli.discovery_image_or_default(),
+            format!("hsm-discovery:{}", env!("CARGO_PKG_VERSION"))
+        );
+        let cli = Cli::try_parse_from([
+            "hsm-operator",
+            "--discovery-image=localhost/hsm-discovery:dev",
+            "--service-account-name=manager-sa",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.discovery_image_or_default(),
+            "localhost/hsm-discovery:dev"
+        );
+        assert_eq!(cli.discovery_service_account(), "manager-sa");
+        let cli = Cli::try_parse_from([
+            "hsm-operator",
+            "--service-account-name=manager-sa",
+            "--discovery-service-account-name=hsm-discovery",
+        ])
+        .unwrap();
+        assert_eq!(cli.discovery_service_account(), "hsm-discovery");
     }
 
     #[test]

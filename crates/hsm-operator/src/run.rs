@@ -8,8 +8,14 @@ use crate::leader::{LeaseSettings, lead};
 use crate::pki::{self, PkiConfig};
 use crate::secret::{self, build::Identity};
 use crate::telemetry::{Metrics, Readiness, serve_metrics, serve_probes};
+use crate::{device, pool};
 use anyhow::{Context as _, bail};
+use futures::FutureExt as _;
+use std::future::Future;
 use std::sync::Arc;
+
+/// What tells the controllers to stop (leadership lost, or a signal).
+type Shutdown = std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
 /// Where a pod finds its namespace.
 const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -71,16 +77,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     readiness.set_ready();
 
     let (leader_metrics, lease_client) = (metrics.clone(), client.clone());
-    let setup = move |shutdown| {
-        secret::run(
+    let devices = device_controllers(&cli, &client);
+    let setup = move |shutdown: Shutdown| {
+        let shutdown = shutdown.shared();
+        let secrets = secret::run(
             secret::Setup {
                 client: client.clone(),
                 pool,
                 identity,
                 metrics: metrics.clone(),
             },
-            shutdown,
-        )
+            shutdown.clone(),
+        );
+        async move {
+            tokio::join!(secrets, devices(shutdown));
+        }
     };
     if cli.leader_elect {
         let settings = LeaseSettings {
@@ -94,6 +105,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         setup(Box::pin(shutdown_signal())).await;
     }
     Ok(())
+}
+
+/// The HSMDevice controller (discovery DaemonSets and pools) and the HSMPool controller
+/// (aggregation), to run beside the HSMSecret controller until `shutdown`.
+fn device_controllers(
+    cli: &Cli,
+    client: &kube::Client,
+) -> impl FnOnce(futures::future::Shared<Shutdown>) -> futures::future::BoxFuture<'static, ()> + use<>
+{
+    let devices = device::Setup {
+        client: client.clone(),
+        image: cli.discovery_image_or_default(),
+        service_account: cli.discovery_service_account().to_owned(),
+    };
+    let pools = pool::Setup {
+        client: client.clone(),
+        timers: pool::Timers::default(),
+    };
+    move |shutdown| {
+        Box::pin(async move {
+            tokio::join!(
+                device::run(devices, shutdown.clone()),
+                pool::run(pools, shutdown)
+            );
+        })
+    }
 }
 
 fn serve_telemetry(
