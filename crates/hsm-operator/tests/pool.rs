@@ -7,7 +7,7 @@
 
 mod common;
 
-use api_emulator::Emulator;
+use api_emulator::{Authorization, Emulator, UserInfo};
 use common::{OPERATOR_NS, client_for};
 use hsm_api::device::HSMDevice;
 use hsm_api::names::device_report_key;
@@ -15,6 +15,7 @@ use hsm_api::pool::{HSMPool, HSMPoolPhase};
 use hsm_operator::pool::Timers;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use pod_runner::{HostPaths, ImageTable, PodRunner, RunnerConfig};
@@ -46,19 +47,39 @@ impl Operator {
             )
             .with_test_writer()
             .try_init();
-        let emulator = Emulator::builder().audit(true).build();
+        let emulator = Emulator::builder()
+            .audit(true)
+            .authorization(Authorization::Rbac)
+            .build();
         emulator
             .load_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds"))
             .unwrap();
         let server = emulator.serve(0).await.unwrap();
-        let client = client_for(&server.kubeconfig()).await;
-        Api::<Namespace>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap(),
-            )
-            .await
-            .unwrap();
+        let admin = client_for(&server.kubeconfig()).await;
+        for ns in [NS, MANAGER_NS] {
+            Api::<Namespace>::all(admin.clone())
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+        // The controllers run as the manager's ServiceAccount with deploy/'s RBAC enforced.
+        grant_manager_rbac(&admin).await;
+        emulator.add_token(
+            MANAGER_TOKEN,
+            UserInfo {
+                username: MANAGER_USER.into(),
+                uid: "manager-uid".into(),
+                groups: vec![
+                    "system:serviceaccounts".into(),
+                    format!("system:serviceaccounts:{MANAGER_NS}"),
+                    "system:authenticated".into(),
+                ],
+            },
+        );
+        let client = client_with_token(&server.kubeconfig(), MANAGER_TOKEN).await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shutdown = futures::FutureExt::shared(async move {
             let _ = stopped.await;
@@ -83,7 +104,7 @@ impl Operator {
         Operator {
             emulator,
             server,
-            client,
+            client: admin,
             stop: Some(stop),
             tasks,
         }
@@ -180,6 +201,7 @@ impl Operator {
             .count()
     }
 
+    /// Stops the controllers, and checks that RBAC refused none of their requests.
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -187,6 +209,26 @@ impl Operator {
         for task in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
+        let log = self.emulator.audit_log();
+        let mine: Vec<_> = log.iter().filter(|e| e.user == MANAGER_USER).collect();
+        assert!(
+            !mine.is_empty(),
+            "the controllers made no requests as the manager"
+        );
+        let denied: Vec<String> = mine
+            .iter()
+            .filter(|e| !e.allowed)
+            .map(|e| {
+                format!(
+                    "{} {}/{} {}",
+                    e.verb, e.api_group, e.resource, e.subresource
+                )
+            })
+            .collect();
+        assert!(
+            denied.is_empty(),
+            "deploy/base's RBAC denies the manager: {denied:#?}"
+        );
     }
 }
 
@@ -196,6 +238,52 @@ impl Drop for Operator {
             task.abort();
         }
     }
+}
+
+const MANAGER_NS: &str = "hsm-secrets-operator-system";
+const MANAGER_USER: &str =
+    "system:serviceaccount:hsm-secrets-operator-system:hsm-secrets-operator-controller-manager";
+const MANAGER_TOKEN: &str = "manager-token";
+
+/// The manager's ClusterRole and its binding, as deploy/base has them.
+async fn grant_manager_rbac(admin: &kube::Client) {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/base/rbac-manager.yaml"),
+    )
+    .unwrap();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let object: Value = serde::Deserialize::deserialize(document).unwrap();
+        let post = PostParams::default();
+        match object["kind"].as_str() {
+            Some("ClusterRole") => {
+                Api::<ClusterRole>::all(admin.clone())
+                    .create(&post, &serde_json::from_value(object).unwrap())
+                    .await
+                    .unwrap();
+            }
+            Some("ClusterRoleBinding") => {
+                Api::<ClusterRoleBinding>::all(admin.clone())
+                    .create(&post, &serde_json::from_value(object).unwrap())
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A client of the served emulator that authenticates with `token`.
+async fn client_with_token(kubeconfig: &str, token: &str) -> kube::Client {
+    let mut kubeconfig = kube::config::Kubeconfig::from_yaml(kubeconfig).unwrap();
+    for auth in &mut kubeconfig.auth_infos {
+        if let Some(info) = auth.auth_info.as_mut() {
+            info.token = Some(token.to_owned().into());
+        }
+    }
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
 }
 
 fn merge(base: &mut Value, extra: Value) {
