@@ -623,6 +623,40 @@ async fn the_discovery_pod_reports_a_pico_hsm_and_the_pool_becomes_ready() {
     operator.stop().await;
 }
 
+/// Defect 17: a test-mode pod's template is whole (every mount has its volume, none on the
+/// host), so it runs; its empty sysfs shows no device.
+#[tokio::test]
+async fn a_test_mode_discovery_pod_runs_without_the_host() {
+    let operator = Operator::start().await;
+    let node = Node::start(&operator);
+    let mut spec = pico_spec();
+    merge(
+        &mut spec,
+        json!({"metadata": {"annotations": {"hsm.j5t.io/test-mode": "true"}}}),
+    );
+    operator.put_device("pico", spec).await;
+    let pool = operator
+        .pool_until("pico", "a Ready pool from the test-mode pod", |p| {
+            phase(p) == Some(HSMPoolPhase::Ready)
+        })
+        .await;
+    let pods = operator.discovery_pods("pico").await;
+    assert_eq!(pods.len(), 1);
+    let volumes = pods[0].spec.as_ref().unwrap().volumes.clone().unwrap();
+    assert!(
+        volumes
+            .iter()
+            .all(|v| v.empty_dir.is_some() && v.host_path.is_none())
+    );
+    assert!(serials(&pool).is_empty(), "{:#?}", pool.status);
+    assert_eq!(
+        pool.status.as_ref().unwrap().reporting_pods[0].discovery_status,
+        "completed"
+    );
+    node.stop().await;
+    operator.stop().await;
+}
+
 #[tokio::test]
 async fn two_devices_keep_separate_reports_and_pools_and_a_deleted_one_takes_its_objects() {
     let operator = Operator::start().await;
