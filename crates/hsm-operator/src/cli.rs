@@ -124,6 +124,16 @@ pub struct Cli {
         default_value = "hsm-secrets-operator-controller-manager"
     )]
     pub service_account_name: String,
+    /// The service account of agent pods (default: `--service-account-name`). Agents need
+    /// only to read their HSMDevice and its PIN Secret.
+    #[arg(long, env = "AGENT_SERVICE_ACCOUNT_NAME")]
+    pub agent_service_account_name: Option<String>,
+    /// With no device of an HSMDevice available for this long, its agents are removed.
+    #[arg(long, value_parser = go_duration, default_value = "10m")]
+    pub device_absence_timeout: Duration,
+    /// Run agent Deployments for the devices discovery finds, and follow the agent pods.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = true)]
+    pub manage_agents: bool,
     /// An agent to follow besides those the manager runs itself, as `DEVICE=URL`
     /// (`https://host:9090`); repeatable. For agents outside the cluster and for tests.
     #[arg(long = "agent-endpoint", value_parser = agent_endpoint)]

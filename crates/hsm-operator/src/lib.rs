@@ -5,6 +5,7 @@
 //!   and the pool that follows every device's index through its change stream.
 //! - [`resolve`]: which device's copy wins when devices disagree (pure).
 //! - [`secret`]: the HSMSecret controller (dereference → build → apply → status).
+//! - [`placement`]: one agent Deployment per physical device, on its node, from the HSMPool.
 //! - [`pki`]: the CA and certificates of manager↔agent mTLS, as Secrets, renewed in time.
 //! - [`leader`]: leader election on a Lease; [`telemetry`]: metrics and probes.
 //! - [`cli`] and [`run`]: the `--mode=manager` command line and the wiring.
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod device;
 pub mod leader;
 pub mod pki;
+pub mod placement;
 pub mod resolve;
 pub mod run;
 pub mod secret;
