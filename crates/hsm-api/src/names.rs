@@ -63,6 +63,9 @@ pub mod annotations {
     pub const DEVICE_REPORT_PREFIX: &str = "hsm.j5t.io/device-report.";
     /// Test mode of the discovery DaemonSet.
     pub const TEST_MODE: &str = "hsm.j5t.io/test-mode";
+    /// On objects the manager applies: the fingerprint of the object as it last wanted it, so
+    /// it applies again only when that changes (or a field it sets was edited).
+    pub const APPLIED_HASH: &str = "hsm.j5t.io/applied-hash";
     /// Who manages an mTLS Secret; any value but [`super::APP_NAME`] means external.
     pub const MTLS_MANAGED_BY: &str = "hsm.j5t.io/mtls-managed-by";
     /// Secret metadata copied onto Kubernetes Secrets.
@@ -116,6 +119,12 @@ pub mod env {
     pub const HSM_PIN: &str = "HSM_PIN";
     /// The operator's namespace for kubectl-hsm.
     pub const HSM_OPERATOR_NAMESPACE: &str = "HSM_OPERATOR_NAMESPACE";
+    /// Discovery: the sysfs tree to scan (the discovery DaemonSet names its `/sys` mount).
+    pub const SYSFS_ROOT: &str = "HSM_SYSFS_ROOT";
+    /// Discovery: the kubelet's device-plugin directory.
+    pub const DEVICE_PLUGIN_DIR: &str = "HSM_DEVICE_PLUGIN_DIR";
+    /// Discovery: the kubelet registration sockets to try, comma-separated, in order.
+    pub const KUBELET_SOCKETS: &str = "HSM_KUBELET_SOCKETS";
 }
 
 /// mTLS Secrets between manager and agents, and where agents mount them.

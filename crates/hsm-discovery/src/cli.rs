@@ -32,8 +32,12 @@ pub struct DiscoveryArgs {
     /// The pod's name; else the hostname.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// How often an unchanged report is written again (a Go duration), so the manager sees
+    /// this pod is alive; keep it well inside the pools' grace period (5m).
+    #[arg(long, default_value = "1m", value_parser = go_duration)]
+    pub report_refresh: Duration,
     /// The sysfs tree to read; default `/host/sys` when mounted there, else `/sys`.
-    #[arg(long)]
+    #[arg(long, env = hsm_api::names::env::SYSFS_ROOT)]
     pub sysfs_root: Option<PathBuf>,
     /// Do not listen for kernel uevents (periodic scans only).
     #[arg(long)]
@@ -42,10 +46,11 @@ pub struct DiscoveryArgs {
     #[arg(long)]
     pub no_device_plugin: bool,
     /// The kubelet's device-plugins directory.
-    #[arg(long, default_value = hsm_proto::deviceplugin::v1beta1::DEVICE_PLUGIN_PATH)]
+    #[arg(long, env = hsm_api::names::env::DEVICE_PLUGIN_DIR, default_value = hsm_proto::deviceplugin::v1beta1::DEVICE_PLUGIN_PATH)]
     pub device_plugin_dir: PathBuf,
-    /// Kubelet registration sockets, tried in order (repeatable); default the Go list.
-    #[arg(long)]
+    /// Kubelet registration sockets, tried in order (repeatable, or comma-separated in the
+    /// environment); default the Go list.
+    #[arg(long, env = hsm_api::names::env::KUBELET_SOCKETS, value_delimiter = ',')]
     pub kubelet_socket: Vec<PathBuf>,
 }
 
@@ -128,6 +133,30 @@ mod tests {
         assert!(
             DiscoveryArgs::try_parse_from(["hsm-discovery", "--node-name=n", "--bogus"]).is_err()
         );
+    }
+
+    #[test]
+    fn paths_and_refresh_can_be_given() {
+        let args = DiscoveryArgs::try_parse_from([
+            "hsm-discovery",
+            "--node-name=n",
+            "--sysfs-root=/fixture/sys",
+            "--kubelet-socket=/a/kubelet.sock,/b/kubelet.sock",
+            "--report-refresh=20s",
+        ])
+        .unwrap();
+        assert_eq!(args.sysfs_root, Some(PathBuf::from("/fixture/sys")));
+        assert_eq!(args.report_refresh, Duration::from_secs(20));
+        let plugins = args.plugin_config().unwrap();
+        assert_eq!(
+            plugins.kubelet_sockets,
+            [
+                PathBuf::from("/a/kubelet.sock"),
+                PathBuf::from("/b/kubelet.sock")
+            ]
+        );
+        let defaults = DiscoveryArgs::try_parse_from(["hsm-discovery", "--node-name=n"]).unwrap();
+        assert_eq!(defaults.report_refresh, Duration::from_secs(60));
     }
 
     #[test]

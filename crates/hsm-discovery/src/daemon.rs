@@ -25,6 +25,10 @@ pub struct DaemonConfig {
     pub sync_interval: Duration,
     /// How long lost devices stay in reports.
     pub grace_period: Duration,
+    /// How often an unchanged report is written again, with a new `lastReportTime`, so the
+    /// manager can tell a live discovery pod from a dead one (keep it well inside the pools'
+    /// grace period, 5 minutes by default).
+    pub report_refresh: Duration,
     /// The device plugins, or none.
     pub plugins: Option<PluginConfig>,
 }
@@ -50,7 +54,7 @@ pub async fn run<S: SysfsSource, U: UeventSource>(
     let mut core = Discovery::new(&identity.node_name, allowlist);
     core.grace_period = config.grace_period;
     let mut devices = watch_devices(client.clone(), &identity.namespace);
-    let mut annotations = PodAnnotations::load(client.clone(), identity)
+    let mut annotations = PodAnnotations::load(client.clone(), identity, config.report_refresh)
         .await
         .map_err(DaemonError::Start)?;
     let mut plugins = PluginSet::new(config.plugins.clone());

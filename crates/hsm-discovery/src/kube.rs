@@ -92,11 +92,16 @@ pub struct PodAnnotations {
     api: Api<Pod>,
     pod_name: String,
     current: BTreeMap<String, String>,
+    refresh: std::time::Duration,
 }
 
 impl PodAnnotations {
-    /// Reads the pod's annotations.
-    pub async fn load(client: Client, identity: &PodIdentity) -> Result<Self, KubeError> {
+    /// Reads the pod's annotations; unchanged reports will be re-written every `refresh`.
+    pub async fn load(
+        client: Client,
+        identity: &PodIdentity,
+        refresh: std::time::Duration,
+    ) -> Result<Self, KubeError> {
         let api: Api<Pod> = Api::namespaced(client, &identity.namespace);
         let pod = api
             .get(&identity.pod_name)
@@ -109,16 +114,19 @@ impl PodAnnotations {
             api,
             pod_name: identity.pod_name.clone(),
             current: pod.metadata.annotations.unwrap_or_default(),
+            refresh,
         })
     }
 
-    /// Writes `desired` (one report per device); nothing is sent when nothing changed.
+    /// Writes `desired` (one report per device); nothing is sent when nothing changed and no
+    /// refresh is due.
     /// Returns whether a patch was sent.
     pub async fn publish(
         &mut self,
         desired: &BTreeMap<String, PodDiscoveryReport>,
     ) -> Result<bool, KubeError> {
-        let Some(patch) = crate::report::annotation_patch(&self.current, desired) else {
+        let Some(patch) = crate::report::annotation_patch(&self.current, desired, self.refresh)
+        else {
             return Ok(false);
         };
         let pod = self

@@ -10,8 +10,9 @@ use hsm_api::device::DiscoveredDevice;
 use hsm_api::names::{device_from_report_key, device_report_key};
 use hsm_api::report::{PodDiscoveryReport, status};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// What a report is built from, besides the inventory.
 pub struct ReportInput<'a> {
@@ -108,13 +109,25 @@ pub fn same_content(a: &PodDiscoveryReport, b: &PodDiscoveryReport) -> bool {
     *a == b
 }
 
+/// Whether `old` (as written) is older than `refresh` at `new`'s report time.
+fn due(old: &PodDiscoveryReport, new: &PodDiscoveryReport, refresh: Duration) -> bool {
+    let age = new
+        .last_report_time
+        .0
+        .duration_since(old.last_report_time.0);
+    age >= SignedDuration::try_from(refresh).unwrap_or(SignedDuration::MAX)
+}
+
 /// The JSON merge patch of the pod's `metadata.annotations` that writes `desired` (device
-/// name → report): a key per device whose report content changed or is new, `null` for report
-/// keys of devices not in `desired`. `None` when nothing changed. Other annotations and other
+/// name → report): a key per device whose report content changed or is new, or whose written
+/// report is `refresh` old (so its `lastReportTime` shows the manager that discovery is
+/// alive: the manager judges reports stale after the pool's grace period), `null` for report
+/// keys of devices not in `desired`. `None` when nothing is due. Other annotations and other
 /// devices' unchanged keys are not in the patch, so concurrent writers are not clobbered.
 pub fn annotation_patch(
     current: &BTreeMap<String, String>,
     desired: &BTreeMap<String, PodDiscoveryReport>,
+    refresh: Duration,
 ) -> Option<serde_json::Value> {
     let mut changes = serde_json::Map::new();
     for (device, report) in desired {
@@ -122,7 +135,7 @@ pub fn annotation_patch(
         let unchanged = current
             .get(&key)
             .and_then(|json| serde_json::from_str::<PodDiscoveryReport>(json).ok())
-            .is_some_and(|old| same_content(&old, report));
+            .is_some_and(|old| same_content(&old, report) && !due(&old, report, refresh));
         if !unchanged {
             let json = serde_json::to_string(report).expect("a report serialises");
             changes.insert(key, serde_json::Value::String(json));
@@ -136,4 +149,55 @@ pub fn annotation_patch(
         }
     }
     (!changes.is_empty()).then(|| serde_json::json!({"metadata": {"annotations": changes}}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(at: &str, devices: usize) -> PodDiscoveryReport {
+        let device: DiscoveredDevice = serde_json::from_value(serde_json::json!({
+            "devicePath": "/dev/bus/usb/001/002", "serialNumber": "S1", "nodeName": "n1",
+            "lastSeen": "2026-12-06T11:00:00Z", "available": true
+        }))
+        .unwrap();
+        PodDiscoveryReport {
+            hsm_device_name: "pico".into(),
+            reporting_node: "n1".into(),
+            discovered_devices: vec![device; devices],
+            last_report_time: Time(at.parse().unwrap()),
+            discovery_status: status::COMPLETED.into(),
+            error: String::new(),
+        }
+    }
+
+    fn written(report: &PodDiscoveryReport) -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            device_report_key("pico"),
+            serde_json::to_string(report).unwrap(),
+        )])
+    }
+
+    #[test]
+    fn an_unchanged_report_is_rewritten_only_when_its_refresh_is_due() {
+        let minute = Duration::from_secs(60);
+        let current = written(&report("2026-12-06T12:00:00Z", 1));
+        let soon = BTreeMap::from([("pico".to_owned(), report("2026-12-06T12:00:59Z", 1))]);
+        assert_eq!(annotation_patch(&current, &soon, minute), None);
+        let due = BTreeMap::from([("pico".to_owned(), report("2026-12-06T12:01:00Z", 1))]);
+        let patch = annotation_patch(&current, &due, minute).unwrap();
+        let json = patch["metadata"]["annotations"]["hsm.j5t.io/device-report.pico"]
+            .as_str()
+            .unwrap();
+        assert!(json.contains("2026-12-06T12:01:00Z"), "{json}");
+        // A change is written at once.
+        let changed = BTreeMap::from([("pico".to_owned(), report("2026-12-06T12:00:01Z", 0))]);
+        assert!(annotation_patch(&current, &changed, minute).is_some());
+        // A device no longer reported loses its key.
+        let patch = annotation_patch(&current, &BTreeMap::new(), minute).unwrap();
+        assert_eq!(
+            patch["metadata"]["annotations"]["hsm.j5t.io/device-report.pico"],
+            serde_json::Value::Null
+        );
+    }
 }

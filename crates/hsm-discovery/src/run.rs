@@ -53,6 +53,7 @@ pub async fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
         identity,
         sync_interval: args.sync_interval,
         grace_period: args.grace_period,
+        report_refresh: args.report_refresh,
         plugins: args.plugin_config(),
     };
     run_daemon(

@@ -55,6 +55,7 @@ impl Daemon {
             },
             sync_interval: Duration::from_secs(3600),
             grace_period: grace,
+            report_refresh: Duration::from_secs(60),
             plugins,
         };
         let task = tokio::spawn(

@@ -137,6 +137,7 @@ async fn daemon_over_netlink() {
         },
         sync_interval: Duration::from_secs(3600),
         grace_period: Duration::from_secs(3600),
+        report_refresh: Duration::from_secs(60),
         plugins: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

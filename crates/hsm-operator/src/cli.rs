@@ -79,7 +79,7 @@ pub struct Cli {
     /// Image of agent pods (empty: the manager's own image's sibling).
     #[arg(long, default_value = "")]
     pub agent_image: String,
-    /// Image of discovery pods.
+    /// Image of discovery pods (empty: the sibling of the manager's image, see `images`).
     #[arg(long, default_value = "")]
     pub discovery_image: String,
     /// Safety-net interval of mirroring.
@@ -134,6 +134,10 @@ pub struct Cli {
     /// Run agent Deployments for the devices discovery finds, and follow the agent pods.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = true)]
     pub manage_agents: bool,
+    /// The service account given to discovery pods (default: `--service-account-name`, as
+    /// the Go manager did; deploy/ gives them their own, `hsm-discovery`).
+    #[arg(long, env = "DISCOVERY_SERVICE_ACCOUNT_NAME")]
+    pub discovery_service_account_name: Option<String>,
     /// An agent to follow besides those the manager runs itself, as `DEVICE=URL`
     /// (`https://host:9090`); repeatable. For agents outside the cluster and for tests.
     #[arg(long = "agent-endpoint", value_parser = agent_endpoint)]
@@ -147,6 +151,24 @@ pub struct Cli {
     /// How often the PKI checks whether a certificate is due for renewal.
     #[arg(long, value_parser = go_duration, default_value = "12h")]
     pub pki_check_interval: Duration,
+}
+
+impl Cli {
+    /// The service account of agent pods.
+    pub fn agent_service_account(&self) -> &str {
+        self.agent_service_account_name
+            .as_deref()
+            .filter(|name| !name.is_empty())
+            .unwrap_or(&self.service_account_name)
+    }
+
+    /// The service account of discovery pods.
+    pub fn discovery_service_account(&self) -> &str {
+        self.discovery_service_account_name
+            .as_deref()
+            .filter(|name| !name.is_empty())
+            .unwrap_or(&self.service_account_name)
+    }
 }
 
 fn agent_endpoint(text: &str) -> Result<(String, String), String> {
@@ -205,6 +227,23 @@ mod tests {
             Some("0.0.0.0:8443".parse().unwrap())
         );
         assert_eq!(bind_address("0").unwrap(), None);
+    }
+
+    #[test]
+    fn agent_and_discovery_pods_get_their_service_accounts() {
+        let cli =
+            Cli::try_parse_from(["hsm-operator", "--service-account-name=manager-sa"]).unwrap();
+        assert_eq!(cli.discovery_service_account(), "manager-sa");
+        assert_eq!(cli.agent_service_account(), "manager-sa");
+        let cli = Cli::try_parse_from([
+            "hsm-operator",
+            "--service-account-name=manager-sa",
+            "--discovery-service-account-name=hsm-discovery",
+            "--agent-service-account-name=hsm-agent",
+        ])
+        .unwrap();
+        assert_eq!(cli.discovery_service_account(), "hsm-discovery");
+        assert_eq!(cli.agent_service_account(), "hsm-agent");
     }
 
     #[test]

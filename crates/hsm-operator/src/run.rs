@@ -7,13 +7,17 @@ use crate::agents::grpc::ClientTls;
 use crate::cli::{Cli, Mode, bind_address};
 use crate::leader::{LeaseSettings, lead};
 use crate::pki::{self, PkiConfig};
-use crate::placement;
 use crate::secret::{self, build::Identity};
 use crate::telemetry::{Metrics, Readiness, serve_metrics, serve_probes};
+use crate::{device, pool};
+use crate::{images, placement};
 use anyhow::{Context as _, bail};
 use futures::FutureExt as _;
 use std::future::Future;
 use std::sync::Arc;
+
+/// What tells the controllers to stop (leadership lost, or a signal).
+type Shutdown = std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
 /// Where a pod finds its namespace.
 const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -87,20 +91,19 @@ pub async fn run_with(cli: Cli, client: kube::Client) -> anyhow::Result<()> {
     readiness.set_ready();
 
     let (leader_metrics, lease_client) = (metrics.clone(), client.clone());
+    let discovery_image =
+        images::resolve(&client, &namespace, &cli.discovery_image, "hsm-discovery").await;
+    let devices = device_controllers(&cli, &client, discovery_image);
     let placement = match cli.manage_agents {
         true => Some(placement::plan::Settings {
-            image: placement::image::resolve(&client, &namespace, &cli.agent_image, "hsm-agent")
-                .await,
+            image: images::resolve(&client, &namespace, &cli.agent_image, "hsm-agent").await,
             tls: cli.agent_tls_enabled,
-            service_account: cli
-                .agent_service_account_name
-                .clone()
-                .unwrap_or_else(|| cli.service_account_name.clone()),
+            service_account: cli.agent_service_account().to_owned(),
             absence_timeout: cli.device_absence_timeout,
         }),
         false => None,
     };
-    let setup = move |shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>| {
+    let setup = move |shutdown: Shutdown| {
         let shutdown = shutdown.shared();
         let secrets = secret::run(
             secret::Setup {
@@ -117,16 +120,16 @@ pub async fn run_with(cli: Cli, client: kube::Client) -> anyhow::Result<()> {
                     client: client.clone(),
                     settings,
                 },
-                shutdown,
+                shutdown.clone(),
             )
         });
         async move {
-            match placement {
-                Some(placement) => {
-                    futures::future::join(secrets, placement).await;
+            let placement = async move {
+                if let Some(placement) = placement {
+                    placement.await;
                 }
-                None => secrets.await,
-            }
+            };
+            tokio::join!(secrets, devices(shutdown), placement);
         }
     };
     if cli.leader_elect {
@@ -141,6 +144,33 @@ pub async fn run_with(cli: Cli, client: kube::Client) -> anyhow::Result<()> {
         setup(Box::pin(shutdown_signal())).await;
     }
     Ok(())
+}
+
+/// The HSMDevice controller (discovery DaemonSets and pools) and the HSMPool controller
+/// (aggregation), to run beside the HSMSecret controller until `shutdown`.
+fn device_controllers(
+    cli: &Cli,
+    client: &kube::Client,
+    discovery_image: String,
+) -> impl FnOnce(futures::future::Shared<Shutdown>) -> futures::future::BoxFuture<'static, ()> + use<>
+{
+    let devices = device::Setup {
+        client: client.clone(),
+        image: discovery_image,
+        service_account: cli.discovery_service_account().to_owned(),
+    };
+    let pools = pool::Setup {
+        client: client.clone(),
+        timers: pool::Timers::default(),
+    };
+    move |shutdown| {
+        Box::pin(async move {
+            tokio::join!(
+                device::run(devices, shutdown.clone()),
+                pool::run(pools, shutdown)
+            );
+        })
+    }
 }
 
 fn serve_telemetry(

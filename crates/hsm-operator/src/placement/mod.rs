@@ -9,7 +9,6 @@
 //! waiting for discovery) requeue exactly when they fall due.
 
 pub mod gate;
-pub mod image;
 pub mod plan;
 
 use crate::secret::FIELD_MANAGER;

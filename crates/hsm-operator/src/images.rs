@@ -38,16 +38,16 @@ pub fn sibling_image(manager_image: &str, component: &str) -> Option<String> {
 }
 
 /// The image of `component`: `flag` when set; else the sibling of the image of container
-/// `manager` in the manager's Deployment (labelled as the Go resolver looks for it); else the
-/// bare component name, which a registry mirror or a local image store must provide.
+/// `manager` in the manager's Deployment (labelled as the Go resolver looks for it); else
+/// `<component>:<this release>`.
 pub async fn resolve(
     client: &kube::Client,
     namespace: &str,
     flag: &str,
     component: &str,
 ) -> String {
-    if !flag.is_empty() {
-        return flag.to_owned();
+    if !flag.trim().is_empty() {
+        return flag.trim().to_owned();
     }
     let selector = format!(
         "{}={APP_NAME},{}={}",
@@ -73,7 +73,7 @@ pub async fn resolve(
             None
         }
     };
-    let image = found.unwrap_or_else(|| component.to_owned());
+    let image = found.unwrap_or_else(|| format!("{component}:{}", env!("CARGO_PKG_VERSION")));
     tracing::info!(%image, "{component} image (no flag given)");
     image
 }
