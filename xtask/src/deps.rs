@@ -7,7 +7,7 @@ use std::process::Command;
 /// and its tools (the PKCS#11 module of SmartCard-HSM / Pico HSM cards), pcscd with the CCID
 /// and vpcd reader drivers (the virtual card), and pcsc-tools for debugging; for the images,
 /// Podman with runc, binutils (`strip`), CA certificates and the PC/SC library; and nix-bin
-/// for `nix-instantiate --parse` of the Nix files.
+/// for `nix-instantiate --parse` of the Nix files; curl, with which the demo shows the REST API.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "softhsm2",
     "opensc",
@@ -21,6 +21,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "binutils",
     "ca-certificates",
     "nix-bin",
+    "curl",
 ];
 
 /// Cargo tools the lints run: the Nix formatter and dead-code finder.

@@ -1,7 +1,8 @@
 //! `cargo xtask`: the developer entry points of the workspace.
 //!
-//! * `demo`  — installs what is missing, creates a SoftHSM2 token under `.dev/`, and writes,
-//!   lists and reads a secret through `hsmctl`, saying what it did.
+//! * `demo`  — installs what is missing and runs the operator on this machine: a SoftHSM2
+//!   token as the HSM, the API emulator as the cluster, a pod runner as the node; the
+//!   HSMDevice's agent starts, an HSMSecret's Secret appears and follows a change on the HSM.
 //! * `test`  — installs what the tests need, then runs formatting, lints and the whole suite.
 //! * `bench store` — the store benchmark on SoftHSM2 and on the virtual Pico HSM.
 //! * `bench sync` — the manager syncing HSMSecrets from two agents (latency, reads, memory).
@@ -33,8 +34,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the main job locally on a SoftHSM2 token under .dev/.
-    Demo,
+    /// Run the operator on this machine: a SoftHSM2 token as the HSM, the API emulator as
+    /// the cluster, a pod runner as the node; a Secret appears and follows the HSM.
+    Demo {
+        /// Keep everything running until Ctrl-C (kubectl and curl can be used against it).
+        #[arg(long)]
+        keep: bool,
+    },
     /// Install what the tests need and run formatting, lints and every test.
     Test {
         /// Skip `cargo fmt --check` and clippy.
@@ -98,7 +104,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root()?;
     match cli.command {
-        Cmd::Demo => demo::run(&root),
+        Cmd::Demo { keep } => demo::run(&root, keep),
         Cmd::Test {
             no_lint,
             nextest_args,

@@ -79,7 +79,7 @@ pub struct Cli {
     /// Image of agent pods (empty: the manager's own image's sibling).
     #[arg(long, default_value = "")]
     pub agent_image: String,
-    /// Image of discovery pods (empty: `hsm-discovery:<this version>`).
+    /// Image of discovery pods (empty: the sibling of the manager's image, see `images`).
     #[arg(long, default_value = "")]
     pub discovery_image: String,
     /// Safety-net interval of mirroring.
@@ -124,6 +124,16 @@ pub struct Cli {
         default_value = "hsm-secrets-operator-controller-manager"
     )]
     pub service_account_name: String,
+    /// The service account of agent pods (default: `--service-account-name`). Agents need
+    /// only to read their HSMDevice and its PIN Secret.
+    #[arg(long, env = "AGENT_SERVICE_ACCOUNT_NAME")]
+    pub agent_service_account_name: Option<String>,
+    /// With no device of an HSMDevice available for this long, its agents are removed.
+    #[arg(long, value_parser = go_duration, default_value = "10m")]
+    pub device_absence_timeout: Duration,
+    /// Run agent Deployments for the devices discovery finds, and follow the agent pods.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = true)]
+    pub manage_agents: bool,
     /// The service account given to discovery pods (default: `--service-account-name`, as
     /// the Go manager did; deploy/ gives them their own, `hsm-discovery`).
     #[arg(long, env = "DISCOVERY_SERVICE_ACCOUNT_NAME")]
@@ -144,13 +154,12 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The image of discovery pods: `--discovery-image`, else the discovery image of this
-    /// release.
-    pub fn discovery_image_or_default(&self) -> String {
-        match self.discovery_image.trim() {
-            "" => format!("hsm-discovery:{}", env!("CARGO_PKG_VERSION")),
-            image => image.to_owned(),
-        }
+    /// The service account of agent pods.
+    pub fn agent_service_account(&self) -> &str {
+        self.agent_service_account_name
+            .as_deref()
+            .filter(|name| !name.is_empty())
+            .unwrap_or(&self.service_account_name)
     }
 
     /// The service account of discovery pods.
@@ -221,30 +230,20 @@ mod tests {
     }
 
     #[test]
-    fn discovery_pods_get_their_image_and_service_account() {
-        let cli = Cli::try_parse_from(["hsm-operator"]).unwrap();
-        assert_eq!(
-            cli.discovery_image_or_default(),
-            format!("hsm-discovery:{}", env!("CARGO_PKG_VERSION"))
-        );
-        let cli = Cli::try_parse_from([
-            "hsm-operator",
-            "--discovery-image=localhost/hsm-discovery:dev",
-            "--service-account-name=manager-sa",
-        ])
-        .unwrap();
-        assert_eq!(
-            cli.discovery_image_or_default(),
-            "localhost/hsm-discovery:dev"
-        );
+    fn agent_and_discovery_pods_get_their_service_accounts() {
+        let cli =
+            Cli::try_parse_from(["hsm-operator", "--service-account-name=manager-sa"]).unwrap();
         assert_eq!(cli.discovery_service_account(), "manager-sa");
+        assert_eq!(cli.agent_service_account(), "manager-sa");
         let cli = Cli::try_parse_from([
             "hsm-operator",
             "--service-account-name=manager-sa",
             "--discovery-service-account-name=hsm-discovery",
+            "--agent-service-account-name=hsm-agent",
         ])
         .unwrap();
         assert_eq!(cli.discovery_service_account(), "hsm-discovery");
+        assert_eq!(cli.agent_service_account(), "hsm-agent");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`device`]: per HSMDevice, its discovery DaemonSet and HSMPool (and the agent builder);
 //!   [`pool`]: the discovery pods' reports aggregated into HSMPool status; [`apply`]:
 //!   server-side apply only when the desired object differs.
+//! - [`placement`]: one agent Deployment per physical device, on its node, from the HSMPool.
+//! - [`images`]: which image agent and discovery pods run when no flag says.
 //! - [`pki`]: the CA and certificates of manager↔agent mTLS, as Secrets, renewed in time.
 //! - [`leader`]: leader election on a Lease; [`telemetry`]: metrics and probes.
 //! - [`cli`] and [`run`]: the `--mode=manager` command line and the wiring.
@@ -16,8 +18,10 @@ pub mod agents;
 pub mod apply;
 pub mod cli;
 pub mod device;
+pub mod images;
 pub mod leader;
 pub mod pki;
+pub mod placement;
 pub mod pool;
 pub mod resolve;
 pub mod run;

@@ -2,13 +2,15 @@
 //! material, the agent pool, and the controllers — under leader election when asked.
 
 use crate::agents::AgentPool;
-use crate::agents::grpc::{ClientTls, GrpcAgent};
+use crate::agents::endpoints::{Endpoints, follow_agent_pods};
+use crate::agents::grpc::ClientTls;
 use crate::cli::{Cli, Mode, bind_address};
 use crate::leader::{LeaseSettings, lead};
 use crate::pki::{self, PkiConfig};
 use crate::secret::{self, build::Identity};
 use crate::telemetry::{Metrics, Readiness, serve_metrics, serve_probes};
 use crate::{device, pool};
+use crate::{images, placement};
 use anyhow::{Context as _, bail};
 use futures::FutureExt as _;
 use std::future::Future;
@@ -36,6 +38,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes API: set KUBECONFIG or run in a pod")?;
+    run_with(cli, client).await
+}
+
+/// Runs the manager with `client` (the binary's comes from KUBECONFIG or the pod's service
+/// account; tests give their own).
+pub async fn run_with(cli: Cli, client: kube::Client) -> anyhow::Result<()> {
     let namespace = match &cli.namespace {
         Some(ns) => ns.clone(),
         None => std::fs::read_to_string(NAMESPACE_FILE)
@@ -60,24 +68,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         true => Some(start_pki(&client, &cli, &namespace).await?),
         false => None,
     };
-    let material = tls.as_ref().map(|t| t.borrow().clone());
-    connect_agents(&pool, &cli.agent_endpoints, material.as_ref())?;
+    let endpoints = Endpoints::new(pool.clone(), tls.as_ref().map(|t| t.borrow().clone()));
+    for (device, url) in &cli.agent_endpoints {
+        endpoints
+            .set(device, url)
+            .with_context(|| format!("agent {device} at {url}"))?;
+    }
     if let Some(mut tls) = tls {
         // Renewed material: reconnect with it; each device keeps its index meanwhile.
-        let (pool, endpoints) = (pool.clone(), cli.agent_endpoints.clone());
+        let endpoints = endpoints.clone();
         tokio::spawn(async move {
             while tls.changed().await.is_ok() {
                 let material = tls.borrow_and_update().clone();
-                if let Err(error) = connect_agents(&pool, &endpoints, Some(&material)) {
-                    tracing::error!(%error, "cannot reconnect the agents with renewed TLS material");
-                }
+                endpoints.set_tls(material);
             }
         });
+    }
+    if cli.manage_agents {
+        // Every replica follows the agents (the REST API reads through them on all).
+        tokio::spawn(follow_agent_pods(client.clone(), endpoints.clone()));
     }
     readiness.set_ready();
 
     let (leader_metrics, lease_client) = (metrics.clone(), client.clone());
-    let devices = device_controllers(&cli, &client);
+    let discovery_image =
+        images::resolve(&client, &namespace, &cli.discovery_image, "hsm-discovery").await;
+    let devices = device_controllers(&cli, &client, discovery_image);
+    let placement = match cli.manage_agents {
+        true => Some(placement::plan::Settings {
+            image: images::resolve(&client, &namespace, &cli.agent_image, "hsm-agent").await,
+            tls: cli.agent_tls_enabled,
+            service_account: cli.agent_service_account().to_owned(),
+            absence_timeout: cli.device_absence_timeout,
+        }),
+        false => None,
+    };
     let setup = move |shutdown: Shutdown| {
         let shutdown = shutdown.shared();
         let secrets = secret::run(
@@ -89,8 +114,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             },
             shutdown.clone(),
         );
+        let placement = placement.map(|settings| {
+            placement::run(
+                placement::Setup {
+                    client: client.clone(),
+                    settings,
+                },
+                shutdown.clone(),
+            )
+        });
         async move {
-            tokio::join!(secrets, devices(shutdown));
+            let placement = async move {
+                if let Some(placement) = placement {
+                    placement.await;
+                }
+            };
+            tokio::join!(secrets, devices(shutdown), placement);
         }
     };
     if cli.leader_elect {
@@ -112,11 +151,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 fn device_controllers(
     cli: &Cli,
     client: &kube::Client,
+    discovery_image: String,
 ) -> impl FnOnce(futures::future::Shared<Shutdown>) -> futures::future::BoxFuture<'static, ()> + use<>
 {
     let devices = device::Setup {
         client: client.clone(),
-        image: cli.discovery_image_or_default(),
+        image: discovery_image,
         service_account: cli.discovery_service_account().to_owned(),
     };
     let pools = pool::Setup {
@@ -186,19 +226,6 @@ async fn start_pki(
         tx,
     ));
     Ok(rx)
-}
-
-/// Follows every `--agent-endpoint` with `tls` (or plaintext).
-fn connect_agents(
-    pool: &AgentPool,
-    endpoints: &[(String, String)],
-    tls: Option<&ClientTls>,
-) -> anyhow::Result<()> {
-    for (device, url) in endpoints {
-        let agent = GrpcAgent::new(url, tls).with_context(|| format!("agent {device} at {url}"))?;
-        pool.insert(device, Arc::new(agent));
-    }
-    Ok(())
 }
 
 fn hostname() -> String {

@@ -467,9 +467,13 @@ fn container(
         .iter()
         .map(|w| rewrite(&expand(w, &vars), &mounts))
         .collect();
+    // The runner's own variables name paths of this machine, not of the pod: kept as given.
     let env = env
         .iter()
-        .map(|(k, v)| (k.clone(), rewrite(v, &mounts)))
+        .map(|(k, v)| match config.pod_env.get(k) {
+            Some(given) if given == v => (k.clone(), v.clone()),
+            _ => (k.clone(), rewrite(v, &mounts)),
+        })
         .collect();
     Ok(ContainerPlan {
         name: c.name.clone(),
@@ -689,6 +693,9 @@ mod tests {
         c.images = ImageTable::new().with("hsm-agent", "/bin/hsm-agent");
         c.host_paths = HostPaths::new().with("/sys", "/fixture/sys");
         c.pod_env.insert("KUBECONFIG".into(), "/k/config".into());
+        // A path of this machine that happens to lie under a pod's mount path: not rewritten.
+        c.pod_env
+            .insert("RUNNER_FILE".into(), "/scratch/runner-file".into());
         c
     }
 
@@ -783,6 +790,7 @@ mod tests {
             ("CERT", "/state/hsm/agent-1/volumes/tls/tls.crt"),
             ("WORK", "/state/hsm/agent-1/volumes/tmp/x on local"),
             ("KUBECONFIG", "/k/config"),
+            ("RUNNER_FILE", "/scratch/runner-file"),
             ("PATH", DEFAULT_PATH),
         ] {
             assert_eq!(env_of(c, k).as_deref(), Some(v), "{k}");

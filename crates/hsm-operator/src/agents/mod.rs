@@ -1,8 +1,9 @@
 //! The agents as the manager sees them: one port trait for "one device's agent"
 //! ([`AgentApi`]), implemented by the gRPC client ([`grpc`]) over an mTLS channel or over the
 //! agent service in the same process, and the pool that follows every device's index
-//! ([`pool`]).
+//! ([`pool`]), and where each agent is ([`endpoints`]).
 
+pub mod endpoints;
 pub mod follow;
 pub mod grpc;
 pub mod pool;
