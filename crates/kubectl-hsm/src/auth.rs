@@ -42,7 +42,9 @@ pub enum AuthError {
         path: String,
     },
     /// No kubeconfig (needed for a token when no --token-file is given).
-    #[error("no Kubernetes credentials to request a token with (give --token-file, or a kubeconfig)")]
+    #[error(
+        "no Kubernetes credentials to request a token with (give --token-file, or a kubeconfig)"
+    )]
     NoKube(#[source] Box<crate::connect::ConnectError>),
     /// The TokenRequest failed.
     #[error("cannot create a token for service account {namespace}/{name}")]
@@ -200,7 +202,9 @@ impl ServiceAccountCredentials {
                 TokenKind::Exchanged,
             ),
             None => {
-                tracing::debug!("no token exchange on this manager: sending the ServiceAccount token");
+                tracing::debug!(
+                    "no token exchange on this manager: sending the ServiceAccount token"
+                );
                 CachedToken::new(
                     &self.identity,
                     &k8s_token,

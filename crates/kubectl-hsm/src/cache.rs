@@ -162,7 +162,9 @@ impl Cache {
                 }
                 return Ok(());
             }
-            Ok(_) => fs::remove_file(&self.dir).map_err(io("remove the old cache file", &self.dir))?,
+            Ok(_) => {
+                fs::remove_file(&self.dir).map_err(io("remove the old cache file", &self.dir))?
+            }
             Err(_) => {}
         }
         if let Some(parent) = self.dir.parent() {
@@ -330,7 +332,11 @@ mod tests {
         for entry in fs::read_dir(cache.dir()).unwrap() {
             assert_eq!(mode(&entry.unwrap().path()), 0o600);
         }
-        assert_eq!(fs::read_dir(cache.dir()).unwrap().count(), 2, "no temporary left");
+        assert_eq!(
+            fs::read_dir(cache.dir()).unwrap().count(),
+            2,
+            "no temporary left"
+        );
     }
 
     #[test]

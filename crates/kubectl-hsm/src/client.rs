@@ -91,9 +91,7 @@ pub enum ClientError {
     },
     /// A value the REST API cannot carry: writes take JSON strings, so bytes that are not
     /// UTF-8 cannot be written back.
-    #[error(
-        "key {key:?} holds binary data, which the REST API cannot write (values are strings)"
-    )]
+    #[error("key {key:?} holds binary data, which the REST API cannot write (values are strings)")]
     NotText {
         /// The key.
         key: String,
@@ -248,13 +246,15 @@ impl Transport {
         }
         let http = match uri.scheme_str() {
             Some("http") => Http::Plain(Client::builder(TokioExecutor::new()).build_http()),
-            Some("https") => Http::Tls(Client::builder(TokioExecutor::new()).build(
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls_config(ca)?)
-                    .https_only()
-                    .enable_http1()
-                    .build(),
-            )),
+            Some("https") => Http::Tls(
+                Client::builder(TokioExecutor::new()).build(
+                    hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_tls_config(tls_config(ca)?)
+                        .https_only()
+                        .enable_http1()
+                        .build(),
+                ),
+            ),
             _ => {
                 return Err(ClientError::BadUrl {
                     url: base,
@@ -291,14 +291,13 @@ impl Transport {
                 concat!("kubectl-hsm/", env!("CARGO_PKG_VERSION")),
             );
         if let Some(token) = bearer {
-            let mut value = http::HeaderValue::try_from(format!(
-                "Bearer {}",
-                token.expose_secret()
-            ))
-            .map_err(|_| ClientError::Malformed {
-                status: 0,
-                detail: "the bearer token is not a valid header value".into(),
-            })?;
+            let mut value =
+                http::HeaderValue::try_from(format!("Bearer {}", token.expose_secret())).map_err(
+                    |_| ClientError::Malformed {
+                        status: 0,
+                        detail: "the bearer token is not a valid header value".into(),
+                    },
+                )?;
             value.set_sensitive(true);
             request = request.header(header::AUTHORIZATION, value);
         }
@@ -581,7 +580,11 @@ impl ApiClient {
     }
 
     /// `POST /api/v1/hsm/secrets/:path`: the whole secret (values as strings).
-    pub async fn write(&self, path: &str, data: &SecretData) -> Result<Reply<Written>, ClientError> {
+    pub async fn write(
+        &self,
+        path: &str,
+        data: &SecretData,
+    ) -> Result<Reply<Written>, ClientError> {
         let mut text: BTreeMap<&str, &str> = BTreeMap::new();
         for (key, value) in data {
             let value = value
@@ -634,7 +637,9 @@ impl ApiClient {
 
     /// `POST /api/v1/hsm/mirror/sync`.
     pub async fn mirror_sync(&self, force: bool) -> Result<Reply<MirrorTriggered>, ClientError> {
-        let body = Zeroizing::new(serde_json::to_vec(&serde_json::json!({ "force": force })).expect("serialises"));
+        let body = Zeroizing::new(
+            serde_json::to_vec(&serde_json::json!({ "force": force })).expect("serialises"),
+        );
         self.call(Method::POST, "/api/v1/hsm/mirror/sync", Some(body), true)
             .await
     }

@@ -111,7 +111,10 @@ async fn write(g: &Global, args: WriteArgs, update: bool) -> Result<(), Failure>
     };
     if args.dry_run {
         return emit(g.output, &doc(true), || {
-            format!("Dry run: secret {name} would be {operation} ({} keys); nothing was written.\n", plan.data.len())
+            format!(
+                "Dry run: secret {name} would be {operation} ({} keys); nothing was written.\n",
+                plan.data.len()
+            )
         });
     }
     if plan.exists && plan.changes.is_empty() {
@@ -121,10 +124,16 @@ async fn write(g: &Global, args: WriteArgs, update: bool) -> Result<(), Failure>
     }
     let reply = s.api.write(name, &plan.data).await?;
     emit(g.output, &doc(false), || {
-        format!("Secret {name} {operation} ({} keys).\n", reply.data.keys.max(plan.data.len()))
+        format!(
+            "Secret {name} {operation} ({} keys).\n",
+            reply.data.keys.max(plan.data.len())
+        )
     })?;
     if reply.partial() {
-        return Err(partial_error(&format!("write of {name}"), reply.message.as_deref()));
+        return Err(partial_error(
+            &format!("write of {name}"),
+            reply.message.as_deref(),
+        ));
     }
     Ok(())
 }
@@ -161,7 +170,10 @@ async fn rename_key(g: &Global, name: &str, old: &str, new: &str) -> Result<(), 
         || format!("Key {old} of secret {name} renamed to {new}.\n"),
     )?;
     if reply.partial() {
-        return Err(partial_error(&format!("rename in {name}"), reply.message.as_deref()));
+        return Err(partial_error(
+            &format!("rename in {name}"),
+            reply.message.as_deref(),
+        ));
     }
     Ok(())
 }
@@ -176,7 +188,11 @@ async fn get(g: &Global, name: &str, key: Option<&str>) -> Result<(), Failure> {
         })?;
         return match g.output {
             Output::Text => output::write_stdout(value.expose()),
-            _ => emit(g.output, &Values::of([(&key.to_owned(), value)]), String::new),
+            _ => emit(
+                g.output,
+                &Values::of([(&key.to_owned(), value)]),
+                String::new,
+            ),
         };
     }
     let metadata = match g.output {
@@ -279,7 +295,14 @@ fn device_rows(
         .collect();
     if info.is_some() {
         columns(
-            &["DEVICE", "READY", "LABEL", "MANUFACTURER", "MODEL", "FIRMWARE"],
+            &[
+                "DEVICE",
+                "READY",
+                "LABEL",
+                "MANUFACTURER",
+                "MODEL",
+                "FIRMWARE",
+            ],
             &rows,
         )
     } else {
@@ -287,9 +310,11 @@ fn device_rows(
     }
 }
 
-/// Asks on stderr, reads the answer from stdin (a terminal or a pipe).
+/// Asks on stderr (on a terminal), reads the answer from stdin (a terminal or a pipe).
 fn confirm(question: &str) -> bool {
-    eprint!("{question} [y/N]: ");
+    if std::io::stdin().is_terminal() {
+        eprint!("{question} [y/N]: ");
+    }
     let mut answer = String::new();
     if std::io::stdin().lock().read_line(&mut answer).is_err() {
         return false;
@@ -312,7 +337,10 @@ async fn delete(g: &Global, name: &str, key: Option<&str>, force: bool) -> Resul
     };
     emit(g.output, &reply.data, || deleted_text(&what, &reply.data))?;
     if reply.partial() {
-        return Err(partial_error(&format!("delete of {what}"), reply.message.as_deref()));
+        return Err(partial_error(
+            &format!("delete of {what}"),
+            reply.message.as_deref(),
+        ));
     }
     Ok(())
 }
@@ -322,7 +350,10 @@ fn deleted_text(what: &str, d: &Deleted) -> String {
     let mut text = if d.device_results.is_empty() {
         format!("Deleted {what}.\n")
     } else {
-        format!("Deleted {what} from {ok} of {} devices.\n", d.device_results.len())
+        format!(
+            "Deleted {what} from {ok} of {} devices.\n",
+            d.device_results.len()
+        )
     };
     for (serial, r) in d.device_results.iter().filter(|(_, r)| !r.success) {
         text.push_str(&format!(
@@ -388,7 +419,9 @@ fn read_pins(
         }
     };
     if old.expose_secret().is_empty() || new.expose_secret().is_empty() {
-        return Err(Failure::Pin("an empty PIN: give the current and the new PIN"));
+        return Err(Failure::Pin(
+            "an empty PIN: give the current and the new PIN",
+        ));
     }
     if old.expose_secret() == new.expose_secret() {
         return Err(Failure::Pin("the new PIN is the same as the current one"));
@@ -422,7 +455,12 @@ async fn rotate_pin(
                 format!(
                     "Dry run: the PIN would be changed on {} devices ({}); nothing was changed.\n",
                     status.devices.len(),
-                    status.devices.keys().cloned().collect::<Vec<_>>().join(", ")
+                    status
+                        .devices
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             },
         );
@@ -650,8 +688,14 @@ fn auth_config(
         format!(
             "{}Service account: {}\nNamespace:       {}\n",
             if changed { "Saved.\n" } else { "" },
-            config.service_account.as_deref().unwrap_or("kubectl-hsm (falling back to default)"),
-            config.namespace.as_deref().unwrap_or("(the kubeconfig context's)")
+            config
+                .service_account
+                .as_deref()
+                .unwrap_or("kubectl-hsm (falling back to default)"),
+            config
+                .namespace
+                .as_deref()
+                .unwrap_or("(the kubeconfig context's)")
         )
     })
 }

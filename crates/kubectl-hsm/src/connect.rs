@@ -33,7 +33,9 @@ pub enum ConnectError {
     )]
     Ambiguous(Vec<String>),
     /// No Service.
-    #[error("service {SERVICE_NAME} not found in namespace {0} (is the operator installed there? use -n)")]
+    #[error(
+        "service {SERVICE_NAME} not found in namespace {0} (is the operator installed there? use -n)"
+    )]
     NoService(String),
     /// The Service has no port 8090.
     #[error("service {SERVICE_NAME} in namespace {0} does not expose port {API_PORT}")]
@@ -99,7 +101,8 @@ impl Kube {
         };
         let namespace = config.default_namespace.clone();
         let cluster = config.cluster_url.to_string();
-        let client = kube::Client::try_from(config).map_err(|e| ConnectError::Config(Box::new(e)))?;
+        let client =
+            kube::Client::try_from(config).map_err(|e| ConnectError::Config(Box::new(e)))?;
         Ok(Kube {
             client,
             namespace,
@@ -110,9 +113,7 @@ impl Kube {
 
 /// `-n`, else `$HSM_OPERATOR_NAMESPACE` (empty counts as unset).
 pub fn explicit_namespace(flag: Option<&str>, env: Option<&str>) -> Option<String> {
-    flag.or(env)
-        .filter(|ns| !ns.is_empty())
-        .map(str::to_owned)
+    flag.or(env).filter(|ns| !ns.is_empty()).map(str::to_owned)
 }
 
 /// The namespace from the cluster-wide search for the Service: the one namespace holding
@@ -250,10 +251,12 @@ pub async fn port_forward(
             port: local_port,
             source,
         })?;
-    let local = listener.local_addr().map_err(|source| ConnectError::Listen {
-        port: local_port,
-        source,
-    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ConnectError::Listen {
+            port: local_port,
+            source,
+        })?;
     let pod = pod.to_owned();
     let task = tokio::spawn(async move {
         let mut ready = Some(first);

@@ -120,9 +120,7 @@ fn insert(
 pub fn from_literals(literals: &[String]) -> Result<SecretData, InputError> {
     let mut data = SecretData::new();
     for (n, literal) in literals.iter().enumerate() {
-        let (key, value) = literal
-            .split_once('=')
-            .ok_or(InputError::Literal(n + 1))?;
+        let (key, value) = literal.split_once('=').ok_or(InputError::Literal(n + 1))?;
         insert(&mut data, key, value.into(), "--from-literal")?;
     }
     Ok(data)
@@ -170,12 +168,11 @@ pub fn from_files(specs: &[String]) -> Result<SecretData, InputError> {
             None => (None, Path::new(spec.as_str())),
         };
         let shown = path.display().to_string();
-        let content = zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| {
-            InputError::File {
+        let content =
+            zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| InputError::File {
                 path: shown.clone(),
                 source,
-            }
-        })?);
+            })?);
         let parsed = match detect(key.is_some(), path) {
             FileFormat::Json => parse_json(&content, &shown)?,
             FileFormat::Env => parse_env(&content, &shown)?,
@@ -203,10 +200,11 @@ pub fn from_files(specs: &[String]) -> Result<SecretData, InputError> {
 /// A flat JSON object: strings as they are, numbers and booleans as their text, `null`
 /// as empty; nested objects and arrays refused.
 pub fn parse_json(content: &[u8], origin: &str) -> Result<SecretData, InputError> {
-    let value: serde_json::Value = serde_json::from_slice(content).map_err(|e| InputError::Json {
-        path: origin.to_owned(),
-        detail: format!("invalid JSON at line {} column {}", e.line(), e.column()),
-    })?;
+    let value: serde_json::Value =
+        serde_json::from_slice(content).map_err(|e| InputError::Json {
+            path: origin.to_owned(),
+            detail: format!("invalid JSON at line {} column {}", e.line(), e.column()),
+        })?;
     let serde_json::Value::Object(members) = value else {
         return Err(InputError::Json {
             path: origin.to_owned(),
@@ -414,7 +412,10 @@ mod tests {
     use super::*;
 
     fn data(pairs: &[(&str, &str)]) -> SecretData {
-        pairs.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect()
     }
 
     fn keys(data: &SecretData) -> Vec<&str> {
@@ -425,8 +426,14 @@ mod tests {
     fn exactly_one_input_method() {
         let some = vec!["a=b".to_string()];
         assert!(matches!(source(&[], &[], false), Err(InputError::NoMethod)));
-        assert!(matches!(source(&some, &some, false), Err(InputError::ManyMethods)));
-        assert!(matches!(source(&some, &[], true), Err(InputError::ManyMethods)));
+        assert!(matches!(
+            source(&some, &some, false),
+            Err(InputError::ManyMethods)
+        ));
+        assert!(matches!(
+            source(&some, &[], true),
+            Err(InputError::ManyMethods)
+        ));
         assert!(matches!(source(&[], &some, false), Ok(Source::Files(_))));
         assert!(matches!(source(&[], &[], true), Ok(Source::Interactive)));
     }
@@ -442,7 +449,10 @@ mod tests {
             from_literals(&["a=1".into(), "a=2".into()]),
             Err(InputError::Duplicate { .. })
         ));
-        assert!(matches!(from_literals(&["=1".into()]), Err(InputError::EmptyKey(_))));
+        assert!(matches!(
+            from_literals(&["=1".into()]),
+            Err(InputError::EmptyKey(_))
+        ));
     }
 
     #[test]
@@ -473,14 +483,23 @@ mod tests {
         let e = parse_env(b"A=1\nhunter2\n", "t.env").unwrap_err();
         assert!(matches!(e, InputError::EnvLine { line: 2, .. }), "{e:?}");
         assert!(!e.to_string().contains("hunter2"));
-        assert!(matches!(parse_env(b"A=1\nA=2\n", "t.env"), Err(InputError::Duplicate { .. })));
-        assert!(matches!(parse_env(b"# only\n", "t.env"), Err(InputError::Empty(_))));
+        assert!(matches!(
+            parse_env(b"A=1\nA=2\n", "t.env"),
+            Err(InputError::Duplicate { .. })
+        ));
+        assert!(matches!(
+            parse_env(b"# only\n", "t.env"),
+            Err(InputError::Empty(_))
+        ));
     }
 
     #[test]
     fn json_files_take_scalars_and_refuse_nesting() {
-        let d = parse_json(br#"{"user":"admin","port":5432,"tls":true,"note":null}"#, "c.json")
-            .unwrap();
+        let d = parse_json(
+            br#"{"user":"admin","port":5432,"tls":true,"note":null}"#,
+            "c.json",
+        )
+        .unwrap();
         assert_eq!(d["port"].as_text(), Some("5432"));
         assert_eq!(d["tls"].as_text(), Some("true"));
         assert_eq!(d["note"].as_text(), Some(""));
@@ -519,11 +538,15 @@ mod tests {
     #[test]
     fn pairs_alternate_until_an_empty_key() {
         let input = b"user\nadmin\npassword\ns3 cr=t\n\nignored\n";
-        let d = read_pairs(&input[..], || {}, |_, lines| {
-            let mut l = String::new();
-            lines.read_line(&mut l)?;
-            Ok(l.trim_end().to_owned())
-        })
+        let d = read_pairs(
+            &input[..],
+            || {},
+            |_, lines| {
+                let mut l = String::new();
+                lines.read_line(&mut l)?;
+                Ok(l.trim_end().to_owned())
+            },
+        )
         .unwrap();
         assert_eq!(keys(&d), ["password", "user"]);
         assert_eq!(d["password"].as_text(), Some("s3 cr=t"));
@@ -554,11 +577,21 @@ mod tests {
     #[test]
     fn the_diff_names_keys_never_values() {
         let old = data(&[("user", "admin"), ("password", "old-secret")]);
-        let p = plan(Some(&old), data(&[("password", "new-secret"), ("host", "h")]), true);
+        let p = plan(
+            Some(&old),
+            data(&[("password", "new-secret"), ("host", "h")]),
+            true,
+        );
         let text = diff_text("db", &p.changes);
-        assert!(text.contains("+ host\n") && text.contains("~ password\n") && text.contains("- user\n"), "{text}");
+        assert!(
+            text.contains("+ host\n") && text.contains("~ password\n") && text.contains("- user\n"),
+            "{text}"
+        );
         assert!(!text.contains("new-secret"), "{text}");
-        assert!(!text.contains("old-secret") && !text.contains("admin"), "{text}");
+        assert!(
+            !text.contains("old-secret") && !text.contains("admin"),
+            "{text}"
+        );
         let same = plan(Some(&old), data(&[("user", "admin")]), false);
         assert!(diff_text("db", &same.changes).contains("No changes."));
     }

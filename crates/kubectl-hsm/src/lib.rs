@@ -221,11 +221,18 @@ pub async fn connect(global: &Global) -> Result<Session, Failure> {
     };
     let sa_credentials = |kube: connect::Kube, manager: &str| -> Arc<dyn Credentials> {
         let source = auth::ServiceAccountSource {
-            namespace: config.namespace.clone().unwrap_or_else(|| kube.namespace.clone()),
+            namespace: config
+                .namespace
+                .clone()
+                .unwrap_or_else(|| kube.namespace.clone()),
             name: config.service_account.clone(),
             kube: kube.client,
         };
-        Arc::new(auth::ServiceAccountCredentials::new(source, manager, cache.clone()))
+        Arc::new(auth::ServiceAccountCredentials::new(
+            source,
+            manager,
+            cache.clone(),
+        ))
     };
     if let Some(server) = &global.server {
         let transport = Transport::new(server, global.timeout, global.server_ca.as_deref())?;
@@ -254,12 +261,12 @@ pub async fn connect(global: &Global) -> Result<Session, Failure> {
         forward.local,
         connect::API_PORT
     );
-    let transport = Transport::new(
-        &format!("http://{}", forward.local),
-        global.timeout,
-        None,
-    )?;
-    let manager = format!("{} service {namespace}/{}", kube.cluster, connect::SERVICE_NAME);
+    let transport = Transport::new(&format!("http://{}", forward.local), global.timeout, None)?;
+    let manager = format!(
+        "{} service {namespace}/{}",
+        kube.cluster,
+        connect::SERVICE_NAME
+    );
     let credentials = match static_token {
         Some(token) => Arc::new(StaticToken(token)) as Arc<dyn Credentials>,
         None => sa_credentials(kube, &manager),

@@ -132,7 +132,11 @@ pub fn secret_text(
             ("source", "Source"),
             ("createdAt", "Created"),
         ] {
-            if let Some(text) = meta.get(field).and_then(|v| v.as_str()).filter(|s| !s.is_empty()) {
+            if let Some(text) = meta
+                .get(field)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+            {
                 rows.push((label, text.to_owned()));
             }
         }

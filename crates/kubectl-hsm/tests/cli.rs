@@ -19,7 +19,8 @@ fn b64(text: &str) -> String {
 }
 
 fn ok(status: u16, data: Value) -> ResponseTemplate {
-    ResponseTemplate::new(status).set_body_json(json!({"success": true, "message": "ok", "data": data}))
+    ResponseTemplate::new(status)
+        .set_body_json(json!({"success": true, "message": "ok", "data": data}))
 }
 
 fn failure(status: u16, code: &str, message: &str) -> ResponseTemplate {
@@ -84,7 +85,12 @@ async fn no_write(server: &MockServer) {
 async fn create_a_new_secret_from_literals() {
     let (server, plugin) = manager().await;
     no_secret(&server, "db").await;
-    expect_write(&server, "db", json!({"user": "admin", "password": "s3cr3t=value"})).await;
+    expect_write(
+        &server,
+        "db",
+        json!({"user": "admin", "password": "s3cr3t=value"}),
+    )
+    .await;
     let ran = run(
         plugin.cmd(&[
             "create",
@@ -98,13 +104,22 @@ async fn create_a_new_secret_from_literals() {
     )
     .code(0)
     .never_shows("s3cr3t");
-    assert!(ran.stdout.contains("Secret db created (2 keys)"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("Secret db created (2 keys)"),
+        "{}",
+        ran.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_merges_an_env_file_into_the_existing_secret() {
     let (server, plugin) = manager().await;
-    secret(&server, "db", &[("user", "admin"), ("password", "old-pass")]).await;
+    secret(
+        &server,
+        "db",
+        &[("user", "admin"), ("password", "old-pass")],
+    )
+    .await;
     expect_write(
         &server,
         "db",
@@ -120,7 +135,11 @@ async fn create_merges_an_env_file_into_the_existing_secret() {
     .code(0)
     .never_shows("new-pass")
     .never_shows("old-pass");
-    assert!(ran.stdout.contains("Secret db updated (3 keys)"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("Secret db updated (3 keys)"),
+        "{}",
+        ran.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -152,7 +171,12 @@ async fn create_replace_from_json_drops_other_keys() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_with_diff_shows_keys_and_writes_nothing() {
     let (server, plugin) = manager().await;
-    secret(&server, "db", &[("user", "admin"), ("password", "old-pass")]).await;
+    secret(
+        &server,
+        "db",
+        &[("user", "admin"), ("password", "old-pass")],
+    )
+    .await;
     no_write(&server).await;
     let ran = run(
         plugin.cmd(&[
@@ -198,14 +222,20 @@ async fn update_needs_an_existing_secret_and_refuses_replace() {
     let ran = run(plugin.cmd(&["update", "db", "--from-literal", "a=b"]), "")
         .code(7)
         .one_line_error();
-    assert!(ran.stderr.contains("does not exist: use create"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("does not exist: use create"),
+        "{}",
+        ran.stderr
+    );
     run(
         plugin.cmd(&["update", "db", "--from-literal", "a=b", "--replace"]),
         "",
     )
     .code(6)
     .one_line_error();
-    run(plugin.cmd(&["create", "db"]), "").code(6).one_line_error();
+    run(plugin.cmd(&["create", "db"]), "")
+        .code(6)
+        .one_line_error();
     run(
         plugin.cmd(&["create", "db", "--from-literal", "a=b", "--interactive"]),
         "",
@@ -227,7 +257,11 @@ async fn a_bad_write_is_a_400_naming_the_field() {
     let (server, plugin) = manager().await;
     no_secret(&server, "db").await;
     Mock::given(method("POST"))
-        .respond_with(failure(400, "parse_error", "data: key \"a b\" is not a valid key"))
+        .respond_with(failure(
+            400,
+            "parse_error",
+            "data: key \"a b\" is not a valid key",
+        ))
         .mount(&server)
         .await;
     let ran = run(plugin.cmd(&["create", "db", "--from-literal", "a b=v"]), "")
@@ -257,7 +291,12 @@ async fn rename_key_rewrites_the_secret() {
 #[tokio::test(flavor = "multi_thread")]
 async fn get_shows_keys_and_values_only_when_asked() {
     let (server, plugin) = manager().await;
-    secret(&server, "db", &[("user", "admin"), ("password", "p4ss\nword")]).await;
+    secret(
+        &server,
+        "db",
+        &[("user", "admin"), ("password", "p4ss\nword")],
+    )
+    .await;
     Mock::given(method("GET"))
         .and(path("/api/v1/hsm/secrets/db/metadata"))
         .respond_with(ok(
@@ -270,17 +309,31 @@ async fn get_shows_keys_and_values_only_when_asked() {
         .code(0)
         .never_shows("p4ss")
         .never_shows("admin");
-    for line in ["db", "password", "user", "sha256:abcd", "primary", "sync.version=3"] {
+    for line in [
+        "db",
+        "password",
+        "user",
+        "sha256:abcd",
+        "primary",
+        "sync.version=3",
+    ] {
         assert!(text.stdout.contains(line), "{line}: {}", text.stdout);
     }
     let raw = run(plugin.cmd(&["get", "db", "--key", "password"]), "").code(0);
     assert_eq!(raw.stdout, "p4ss\nword");
-    let json: Value =
-        serde_json::from_str(&run(plugin.cmd(&["get", "db", "-o", "json"]), "").code(0).stdout)
-            .unwrap();
+    let json: Value = serde_json::from_str(
+        &run(plugin.cmd(&["get", "db", "-o", "json"]), "")
+            .code(0)
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(json["data"]["password"], "p4ss\nword");
     assert_eq!(json["deviceCount"], 2);
-    let yaml = run(plugin.cmd(&["get", "db", "--key", "user", "-o", "yaml"]), "").code(0);
+    let yaml = run(
+        plugin.cmd(&["get", "db", "--key", "user", "-o", "yaml"]),
+        "",
+    )
+    .code(0);
     assert!(yaml.stdout.contains("user: admin"), "{}", yaml.stdout);
     run(plugin.cmd(&["get", "db", "--key", "nope"]), "")
         .code(7)
@@ -291,7 +344,9 @@ async fn get_shows_keys_and_values_only_when_asked() {
 async fn get_of_a_missing_secret_is_7() {
     let (server, plugin) = manager().await;
     no_secret(&server, "gone").await;
-    let ran = run(plugin.cmd(&["get", "gone"]), "").code(7).one_line_error();
+    let ran = run(plugin.cmd(&["get", "gone"]), "")
+        .code(7)
+        .one_line_error();
     assert!(ran.stderr.contains("secret_not_found"), "{}", ran.stderr);
 }
 
@@ -302,19 +357,29 @@ async fn list_sorts_and_shows_devices() {
     let (server, plugin) = manager().await;
     Mock::given(method("GET"))
         .and(path("/api/v1/hsm/secrets"))
-        .respond_with(ok(200, json!({"secrets": ["zeta", "alpha", "alpha"], "count": 3, "prefix": ""})))
+        .respond_with(ok(
+            200,
+            json!({"secrets": ["zeta", "alpha", "alpha"], "count": 3, "prefix": ""}),
+        ))
         .mount(&server)
         .await;
     Mock::given(method("GET"))
         .and(path("/api/v1/hsm/status"))
-        .respond_with(ok(200, json!({"devices": {"DC6A": true, "0F11": false}, "totalDevices": 2})))
+        .respond_with(ok(
+            200,
+            json!({"devices": {"DC6A": true, "0F11": false}, "totalDevices": 2}),
+        ))
         .mount(&server)
         .await;
     let ran = run(plugin.cmd(&["list", "--show-devices", "-A"]), "").code(0);
     let alpha = ran.stdout.find("alpha").unwrap();
     assert!(alpha < ran.stdout.find("zeta").unwrap(), "{}", ran.stdout);
     assert!(ran.stdout.contains("NAMESPACE") && ran.stdout.contains("Total: 2 secrets"));
-    assert!(ran.stdout.contains("DC6A") && ran.stdout.contains("0F11"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("DC6A") && ran.stdout.contains("0F11"),
+        "{}",
+        ran.stdout
+    );
     let yaml = run(plugin.cmd(&["list", "-o", "yaml"]), "").code(0);
     let doc: Value = serde_yaml::from_str(&yaml.stdout).unwrap();
     assert_eq!(doc["secrets"], json!(["alpha", "zeta"]));
@@ -348,13 +413,19 @@ async fn delete_a_key_with_force() {
     let (server, plugin) = manager().await;
     Mock::given(method("DELETE"))
         .and(path("/api/v1/hsm/secrets/db/password"))
-        .respond_with(ok(200, json!({"path": "db", "key": "password", "devices": 1,
-            "deviceResults": {"A": {"success": true}}})))
+        .respond_with(ok(
+            200,
+            json!({"path": "db", "key": "password", "devices": 1,
+            "deviceResults": {"A": {"success": true}}}),
+        ))
         .expect(1)
         .mount(&server)
         .await;
-    let ran = run(plugin.cmd(&["delete", "db", "--key", "password", "--force", "-o", "json"]), "")
-        .code(0);
+    let ran = run(
+        plugin.cmd(&["delete", "db", "--key", "password", "--force", "-o", "json"]),
+        "",
+    )
+    .code(0);
     let doc: Value = serde_json::from_str(&ran.stdout).unwrap();
     assert_eq!(doc["key"], "password");
 }
@@ -377,7 +448,11 @@ async fn a_partial_delete_reports_each_device_and_exits_8() {
         .code(8)
         .one_line_error();
     assert!(ran.stdout.contains("from 1 of 2 devices"), "{}", ran.stdout);
-    assert!(ran.stdout.contains("B: failed: agent unavailable"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("B: failed: agent unavailable"),
+        "{}",
+        ran.stdout
+    );
     assert!(ran.stderr.contains("1/2 devices"), "{}", ran.stderr);
 }
 
@@ -392,17 +467,31 @@ async fn rotate_pin_reads_the_pins_from_stdin_and_never_shows_them() {
     Mock::given(method("POST"))
         .and(path("/api/v1/hsm/change-pin"))
         .and(body_json(json!({"old_pin": OLD_PIN, "new_pin": NEW_PIN})))
-        .respond_with(ok(200, json!({"success_count": 2, "total_count": 2, "message": "PIN changed"})))
+        .respond_with(ok(
+            200,
+            json!({"success_count": 2, "total_count": 2, "message": "PIN changed"}),
+        ))
         .expect(1)
         .mount(&server)
         .await;
-    let ran = run(plugin.cmd(&["rotate-pin"]), &format!("{OLD_PIN}\n{NEW_PIN}\n"))
-        .code(0)
-        .never_shows(OLD_PIN)
-        .never_shows(NEW_PIN)
-        .never_shows(&b64(NEW_PIN));
-    assert!(ran.stdout.contains("PIN changed on 2 of 2 devices"), "{}", ran.stdout);
-    assert!(ran.stdout.contains("--from-file=pin=/dev/stdin"), "{}", ran.stdout);
+    let ran = run(
+        plugin.cmd(&["rotate-pin"]),
+        &format!("{OLD_PIN}\n{NEW_PIN}\n"),
+    )
+    .code(0)
+    .never_shows(OLD_PIN)
+    .never_shows(NEW_PIN)
+    .never_shows(&b64(NEW_PIN));
+    assert!(
+        ran.stdout.contains("PIN changed on 2 of 2 devices"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains("--from-file=pin=/dev/stdin"),
+        "{}",
+        ran.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -417,10 +506,12 @@ async fn rotate_pin_failures() {
     Mock::given(method("POST"))
         .and(path("/api/v1/hsm/change-pin"))
         .and(|r: &Request| r.body.windows(6).any(|w| w == b"222222"))
-        .respond_with(ResponseTemplate::new(206).set_body_json(json!({"success": true,
+        .respond_with(
+            ResponseTemplate::new(206).set_body_json(json!({"success": true,
             "message": "PIN changed on 1/2 devices",
             "data": {"success_count": 1, "total_count": 2, "message": "partial",
-                     "errors": ["B: device removed"]}})))
+                     "errors": ["B: device removed"]}})),
+        )
         .mount(&server)
         .await;
     run(plugin.cmd(&["rotate-pin"]), &format!("111111\n{NEW_PIN}\n"))
@@ -432,11 +523,16 @@ async fn rotate_pin_failures() {
         .code(8)
         .one_line_error()
         .never_shows("222222");
-    run(plugin.cmd(&["rotate-pin"]), &format!("{OLD_PIN}\n{OLD_PIN}\n"))
+    run(
+        plugin.cmd(&["rotate-pin"]),
+        &format!("{OLD_PIN}\n{OLD_PIN}\n"),
+    )
+    .code(6)
+    .one_line_error()
+    .never_shows(OLD_PIN);
+    run(plugin.cmd(&["rotate-pin"]), "")
         .code(6)
-        .one_line_error()
-        .never_shows(OLD_PIN);
-    run(plugin.cmd(&["rotate-pin"]), "").code(6).one_line_error();
+        .one_line_error();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -444,7 +540,10 @@ async fn rotate_pin_dry_run_changes_nothing() {
     let (server, plugin) = manager().await;
     Mock::given(method("GET"))
         .and(path("/api/v1/hsm/status"))
-        .respond_with(ok(200, json!({"devices": {"A": true, "B": true}, "totalDevices": 2})))
+        .respond_with(ok(
+            200,
+            json!({"devices": {"A": true, "B": true}, "totalDevices": 2}),
+        ))
         .mount(&server)
         .await;
     no_write(&server).await;
@@ -454,7 +553,11 @@ async fn rotate_pin_dry_run_changes_nothing() {
     )
     .code(0)
     .never_shows(NEW_PIN);
-    assert!(ran.stdout.contains("would be changed on 2 devices"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("would be changed on 2 devices"),
+        "{}",
+        ran.stdout
+    );
 }
 
 // ---- health, devices, mirror ----------------------------------------------------------
@@ -462,13 +565,19 @@ async fn rotate_pin_dry_run_changes_nothing() {
 async fn devices(server: &MockServer) {
     Mock::given(method("GET"))
         .and(path("/api/v1/hsm/status"))
-        .respond_with(ok(200, json!({"devices": {"DC6A": true}, "totalDevices": 1})))
+        .respond_with(ok(
+            200,
+            json!({"devices": {"DC6A": true}, "totalDevices": 1}),
+        ))
         .mount(server)
         .await;
     Mock::given(method("GET"))
         .and(path("/api/v1/hsm/info"))
-        .respond_with(ok(200, json!({"deviceInfos": {"DC6A": {"Label": "pico", "Manufacturer": "Pol Henarejos",
-            "Model": "PicoHSM", "SerialNumber": "DC6A", "FirmwareVersion": "5.0"}}})))
+        .respond_with(ok(
+            200,
+            json!({"deviceInfos": {"DC6A": {"Label": "pico", "Manufacturer": "Pol Henarejos",
+            "Model": "PicoHSM", "SerialNumber": "DC6A", "FirmwareVersion": "5.0"}}}),
+        ))
         .mount(server)
         .await;
 }
@@ -479,20 +588,32 @@ async fn health_healthy_and_degraded() {
     devices(&server).await;
     Mock::given(method("GET"))
         .and(path("/api/v1/health"))
-        .respond_with(ok(200, json!({"status": "healthy", "hsm_connected": true,
-            "replication_enabled": false, "active_nodes": 1, "timestamp": "2026-01-01T00:00:00Z"})))
+        .respond_with(ok(
+            200,
+            json!({"status": "healthy", "hsm_connected": true,
+            "replication_enabled": false, "active_nodes": 1, "timestamp": "2026-01-01T00:00:00Z"}),
+        ))
         .up_to_n_times(1)
         .mount(&server)
         .await;
     let ran = run(plugin.cmd(&["health"]), "").code(0);
-    assert!(ran.stdout.contains("healthy") && ran.stdout.contains("pico"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("healthy") && ran.stdout.contains("pico"),
+        "{}",
+        ran.stdout
+    );
     Mock::given(method("GET"))
         .and(path("/api/v1/health"))
-        .respond_with(ok(200, json!({"status": "degraded", "hsm_connected": false,
-            "replication_enabled": false, "active_nodes": 0})))
+        .respond_with(ok(
+            200,
+            json!({"status": "degraded", "hsm_connected": false,
+            "replication_enabled": false, "active_nodes": 0}),
+        ))
         .mount(&server)
         .await;
-    let ran = run(plugin.cmd(&["health", "-o", "json"]), "").code(4).one_line_error();
+    let ran = run(plugin.cmd(&["health", "-o", "json"]), "")
+        .code(4)
+        .one_line_error();
     let doc: Value = serde_json::from_str(&ran.stdout).unwrap();
     assert_eq!(doc["health"]["status"], "degraded");
 }
@@ -505,9 +626,12 @@ async fn devices_detailed_reads_go_cased_info() {
     for cell in ["DEVICE", "DC6A", "yes", "pico", "PicoHSM", "5.0"] {
         assert!(ran.stdout.contains(cell), "{cell}: {}", ran.stdout);
     }
-    let json: Value =
-        serde_json::from_str(&run(plugin.cmd(&["devices", "-o", "json"]), "").code(0).stdout)
-            .unwrap();
+    let json: Value = serde_json::from_str(
+        &run(plugin.cmd(&["devices", "-o", "json"]), "")
+            .code(0)
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(json["totalDevices"], 1);
 }
 
@@ -517,8 +641,11 @@ async fn mirror_sync_and_its_absence() {
     Mock::given(method("POST"))
         .and(path("/api/v1/hsm/mirror/sync"))
         .and(body_json(json!({"force": true})))
-        .respond_with(ok(200, json!({"triggered": true, "reason": "manual_api_force", "force": true,
-            "message": "Mirror synchronization triggered successfully"})))
+        .respond_with(ok(
+            200,
+            json!({"triggered": true, "reason": "manual_api_force", "force": true,
+            "message": "Mirror synchronization triggered successfully"}),
+        ))
         .mount(&server)
         .await;
     Mock::given(method("POST"))
@@ -527,9 +654,19 @@ async fn mirror_sync_and_its_absence() {
         .respond_with(failure(503, "mirror_unavailable", "mirror not running"))
         .mount(&server)
         .await;
-    let ran = run(plugin.cmd(&["mirror", "sync", "--force", "-o", "table"]), "").code(0);
-    assert!(ran.stdout.contains("triggered successfully"), "{}", ran.stdout);
-    run(plugin.cmd(&["mirror", "sync"]), "").code(4).one_line_error();
+    let ran = run(
+        plugin.cmd(&["mirror", "sync", "--force", "-o", "table"]),
+        "",
+    )
+    .code(0);
+    assert!(
+        ran.stdout.contains("triggered successfully"),
+        "{}",
+        ran.stdout
+    );
+    run(plugin.cmd(&["mirror", "sync"]), "")
+        .code(4)
+        .one_line_error();
 }
 
 // ---- errors ----------------------------------------------------------------------------
@@ -549,8 +686,15 @@ async fn refused_tokens_are_5_with_the_hint() {
         .respond_with(failure(403, "FORBIDDEN", "may not get hsmsecrets/status"))
         .mount(&server)
         .await;
-    let ran = run(plugin.cmd(&["list"]), "").code(5).one_line_error().never_shows(TOKEN);
-    assert!(ran.stderr.contains("kubectl hsm auth clear"), "{}", ran.stderr);
+    let ran = run(plugin.cmd(&["list"]), "")
+        .code(5)
+        .one_line_error()
+        .never_shows(TOKEN);
+    assert!(
+        ran.stderr.contains("kubectl hsm auth clear"),
+        "{}",
+        ran.stderr
+    );
     run(plugin.cmd(&["devices"]), "").code(5).one_line_error();
 }
 
@@ -576,8 +720,15 @@ async fn server_errors_timeouts_and_garbage() {
     let ran = run(plugin.cmd(&["devices", "--timeout", "300ms"]), "")
         .code(3)
         .one_line_error();
-    assert!(ran.stderr.contains("did not answer within"), "{}", ran.stderr);
-    let ran = run(plugin.cmd(&["devices", "--detailed", "--timeout", "10s"]), "");
+    assert!(
+        ran.stderr.contains("did not answer within"),
+        "{}",
+        ran.stderr
+    );
+    let ran = run(
+        plugin.cmd(&["devices", "--detailed", "--timeout", "10s"]),
+        "",
+    );
     // status answers late but within 10 s; info is garbage.
     let ran = ran.code(1).one_line_error();
     assert!(ran.stderr.contains("malformed"), "{}", ran.stderr);
@@ -592,7 +743,11 @@ async fn nothing_listening_is_3() {
         .port();
     let plugin = Plugin::new(&format!("http://127.0.0.1:{port}"), TOKEN);
     let ran = run(plugin.cmd(&["list"]), "").code(3).one_line_error();
-    assert!(ran.stderr.contains("cannot reach the manager"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("cannot reach the manager"),
+        "{}",
+        ran.stderr
+    );
     run(Plugin::new("ftp://x", TOKEN).cmd(&["list"]), "")
         .code(6)
         .one_line_error();
@@ -604,7 +759,10 @@ async fn nothing_listening_is_3() {
 fn version_and_completion() {
     let plugin = Plugin::new("http://127.0.0.1:1", TOKEN);
     let ran = run(plugin.bare(&["version"]), "").code(0);
-    assert_eq!(ran.stdout, format!("kubectl-hsm {}\n", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        ran.stdout,
+        format!("kubectl-hsm {}\n", env!("CARGO_PKG_VERSION"))
+    );
     let ran = run(plugin.bare(&["version", "-o", "json"]), "").code(0);
     assert!(ran.stdout.contains("\"version\""));
     for shell in ["bash", "zsh", "fish", "powershell"] {

@@ -24,7 +24,9 @@ impl Cluster {
         let emulator = api_emulator::Emulator::new();
         let server = emulator.serve(0).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        server.write_kubeconfig(&dir.path().join("kubeconfig")).unwrap();
+        server
+            .write_kubeconfig(&dir.path().join("kubeconfig"))
+            .unwrap();
         Cluster {
             emulator,
             _server: server,
@@ -41,7 +43,8 @@ impl Cluster {
     }
 
     async fn service_account(&self, namespace: &str, name: &str) {
-        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
         Api::<ServiceAccount>::namespaced(self.emulator.client(), namespace)
             .create(&PostParams::default(), &sa)
             .await
@@ -107,48 +110,81 @@ async fn the_token_is_requested_exchanged_and_cached_owner_only() {
     Mock::given(method("GET"))
         .and(path("/api/v1/hsm/secrets"))
         .and(header("authorization", "Bearer manager-jwt"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"success": true,
-            "data": {"secrets": ["db"], "count": 1}})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"success": true,
+            "data": {"secrets": ["db"], "count": 1}})),
+        )
         .expect(2)
         .mount(&manager)
         .await;
     Mock::given(method("GET"))
         .and(path("/api/v1/info"))
         .and(header("authorization", "Bearer manager-jwt"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"success": true,
-            "data": {"service": "HSM Secrets Operator API"}})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"success": true,
+            "data": {"service": "HSM Secrets Operator API"}})),
+        )
         .mount(&manager)
         .await;
     let plugin = Plugin::with_kubeconfig(&manager.uri(), &cluster.kubeconfig());
     // Two runs, one exchange: the second uses the cache.
     for _ in 0..2 {
-        let ran = run(plugin.cmd(&["list"]), "").code(0).never_shows("manager-jwt");
+        let ran = run(plugin.cmd(&["list"]), "")
+            .code(0)
+            .never_shows("manager-jwt");
         assert!(ran.stdout.contains("db"), "{}", ran.stdout);
     }
     let dir = plugin.cache_dir();
     assert_eq!(mode(&dir), 0o700);
-    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     assert_eq!(mode(&files[0]), 0o600);
 
-    let status = run(plugin.cmd(&["auth", "status"]), "").code(0).never_shows("manager-jwt");
-    assert!(status.stdout.contains("default/kubectl-hsm"), "{}", status.stdout);
-    assert!(status.stdout.contains("Authenticated:   yes"), "{}", status.stdout);
+    let status = run(plugin.cmd(&["auth", "status"]), "")
+        .code(0)
+        .never_shows("manager-jwt");
+    assert!(
+        status.stdout.contains("default/kubectl-hsm"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("Authenticated:   yes"),
+        "{}",
+        status.stdout
+    );
 
     let cleared = run(plugin.cmd(&["auth", "clear"]), "").code(0);
-    assert!(cleared.stdout.contains("Removed 1 cached tokens"), "{}", cleared.stdout);
+    assert!(
+        cleared.stdout.contains("Removed 1 cached tokens"),
+        "{}",
+        cleared.stdout
+    );
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
 
     let config = run(
-        plugin.bare(&["auth", "config", "--service-account", "ci", "--namespace", "tools"]),
+        plugin.bare(&[
+            "auth",
+            "config",
+            "--service-account",
+            "ci",
+            "--namespace",
+            "tools",
+        ]),
         "",
     )
     .code(0);
-    assert!(config.stdout.contains("Service account: ci"), "{}", config.stdout);
+    assert!(
+        config.stdout.contains("Service account: ci"),
+        "{}",
+        config.stdout
+    );
     let saved = dir.join("config.json");
     assert_eq!(mode(&saved), 0o600);
-    let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
     assert_eq!(doc, json!({"serviceAccount": "ci", "namespace": "tools"}));
     let shown = run(plugin.bare(&["auth", "config", "-o", "json"]), "").code(0);
     assert!(shown.stdout.contains("\"tools\""), "{}", shown.stdout);
@@ -164,7 +200,8 @@ async fn the_manager_is_found_as_the_go_plugin_finds_it() {
     // Nothing installed: the default namespace is searched.
     let ran = run(plugin.bare(&["list"]), "").code(3).one_line_error();
     assert!(
-        ran.stderr.contains("not found in namespace hsm-secrets-operator-system"),
+        ran.stderr
+            .contains("not found in namespace hsm-secrets-operator-system"),
         "{}",
         ran.stderr
     );
@@ -172,13 +209,18 @@ async fn the_manager_is_found_as_the_go_plugin_finds_it() {
     cluster.namespace("ops");
     cluster.api_service("ops", 8090);
     let ran = run(plugin.bare(&["list"]), "").code(3).one_line_error();
-    assert!(ran.stderr.contains("no running manager pod"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("no running manager pod"),
+        "{}",
+        ran.stderr
+    );
     assert!(ran.stderr.contains("namespace ops"), "{}", ran.stderr);
     // With a running pod, the port-forward is tried (this emulator serves none).
     cluster.running_manager_pod("ops", "manager-0").await;
     let ran = run(plugin.bare(&["list"]), "").code(3).one_line_error();
     assert!(
-        ran.stderr.contains("cannot port-forward to pod ops/manager-0:8090"),
+        ran.stderr
+            .contains("cannot port-forward to pod ops/manager-0:8090"),
         "{}",
         ran.stderr
     );
@@ -193,7 +235,11 @@ async fn the_manager_is_found_as_the_go_plugin_finds_it() {
     cluster.namespace("odd");
     cluster.api_service("odd", 80);
     let ran = run(plugin.bare(&["list", "-n", "odd"]), "").code(3);
-    assert!(ran.stderr.contains("does not expose port 8090"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("does not expose port 8090"),
+        "{}",
+        ran.stderr
+    );
     // Two namespaces with the Service: the user must choose.
     let ran = run(plugin.bare(&["list"]), "").code(6).one_line_error();
     assert!(ran.stderr.contains("odd, ops"), "{}", ran.stderr);

@@ -114,7 +114,11 @@ impl Ran {
     pub fn one_line_error(self) -> Ran {
         let lines: Vec<&str> = self.stderr.lines().collect();
         assert_eq!(lines.len(), 1, "stderr: {}", self.stderr);
-        assert!(lines[0].starts_with("kubectl-hsm: error: "), "{}", self.stderr);
+        assert!(
+            lines[0].starts_with("kubectl-hsm: error: "),
+            "{}",
+            self.stderr
+        );
         self
     }
 
