@@ -277,3 +277,57 @@ pub async fn connect(global: &Global) -> Result<Session, Failure> {
         _forward: Some(forward),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16) -> Failure {
+        Failure::Client(ClientError::Api {
+            status,
+            code: String::new(),
+            message: String::new(),
+            hint: None,
+        })
+    }
+
+    #[test]
+    fn exit_codes_say_what_kind_of_failure() {
+        let cases = [
+            (api(400), 6),
+            (api(401), 5),
+            (api(403), 5),
+            (api(404), 7),
+            (api(500), 1),
+            (api(503), 4),
+            (
+                Failure::Client(ClientError::Timeout {
+                    url: "u".into(),
+                    after: std::time::Duration::from_secs(1),
+                }),
+                3,
+            ),
+            (Failure::Connect(connect::ConnectError::NoPod("ns".into())), 3),
+            (Failure::Connect(connect::ConnectError::Ambiguous(vec![])), 6),
+            (Failure::Input(input::InputError::NoMethod), 6),
+            (Failure::Pin("empty"), 6),
+            (Failure::PinRefused("CKR_PIN_INCORRECT".into()), 5),
+            (Failure::NoSuchSecret("db".into()), 7),
+            (Failure::Partial("1/2".into()), 8),
+            (Failure::Degraded("degraded".into()), 4),
+            (Failure::NotConfirmed, 1),
+        ];
+        for (failure, code) in cases {
+            assert_eq!(failure.exit_code(), code, "{failure:?}");
+        }
+    }
+
+    #[test]
+    fn the_chain_is_one_line_without_repeats() {
+        let e = Failure::Auth(auth::AuthError::TokenFile {
+            path: "/t".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "gone\nreally"),
+        });
+        assert_eq!(chain(&e), "cannot read the token file /t: gone really");
+    }
+}
