@@ -227,8 +227,9 @@ impl Drop for Forward {
     }
 }
 
-/// Starts forwarding `127.0.0.1:local_port` (0: any) to `pod`'s port 8090. One forward is
-/// opened before returning, so a cluster that cannot port-forward fails here, clearly.
+/// Starts forwarding `127.0.0.1:local_port` (0: any) to `pod`'s port 8090 through the
+/// Kubernetes API. One forward is opened before returning, so a cluster that cannot
+/// port-forward fails here, clearly.
 pub async fn port_forward(
     kube: &Kube,
     namespace: &str,
@@ -236,54 +237,72 @@ pub async fn port_forward(
     local_port: u16,
 ) -> Result<Forward, ConnectError> {
     let pods: Api<Pod> = Api::namespaced(kube.client.clone(), namespace);
-    let forward_error = |source| ConnectError::PortForward {
-        namespace: namespace.to_owned(),
-        pod: pod.to_owned(),
-        source,
-    };
-    let first = pods
-        .portforward(pod, &[API_PORT])
+    let first = dial(&pods, pod)
         .await
-        .map_err(forward_error)?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", local_port))
-        .await
-        .map_err(|source| ConnectError::Listen {
-            port: local_port,
-            source,
-        })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| ConnectError::Listen {
-            port: local_port,
+        .map_err(|source| ConnectError::PortForward {
+            namespace: namespace.to_owned(),
+            pod: pod.to_owned(),
             source,
         })?;
     let pod = pod.to_owned();
+    bridge(local_port, first, move || {
+        let (pods, pod) = (pods.clone(), pod.clone());
+        async move { dial(&pods, &pod).await }
+    })
+    .await
+    .map_err(|source| ConnectError::Listen {
+        port: local_port,
+        source,
+    })
+}
+
+/// One connection to the pod's API port through the Kubernetes API (WebSocket).
+async fn dial(pods: &Api<Pod>, pod: &str) -> Result<tokio::io::DuplexStream, kube::Error> {
+    let mut forwarder = pods.portforward(pod, &[API_PORT]).await?;
+    let stream = forwarder
+        .take_stream(API_PORT)
+        .expect("the stream of the one port asked for");
+    // The forwarder's task ends when the stream is closed.
+    tokio::spawn(async move {
+        if let Err(e) = forwarder.join().await {
+            tracing::debug!("port-forward ended: {e}");
+        }
+    });
+    Ok(stream)
+}
+
+/// Listens on `127.0.0.1:local_port` and joins each accepted connection to a stream from
+/// `dial` (`first` is used for the first connection), copying both ways.
+pub async fn bridge<S, D, F, E>(local_port: u16, first: S, dial: D) -> std::io::Result<Forward>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    D: Fn() -> F + Send + 'static,
+    F: std::future::Future<Output = Result<S, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", local_port)).await?;
+    let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
         let mut ready = Some(first);
         loop {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
-            let forwarder = match ready.take() {
-                Some(f) => Ok(f),
-                None => pods.portforward(&pod, &[API_PORT]).await,
+            let upstream = match ready.take() {
+                Some(stream) => Ok(stream),
+                None => dial().await,
             };
             tokio::spawn(async move {
-                let mut forwarder = match forwarder {
-                    Ok(f) => f,
+                let mut upstream = match upstream {
+                    Ok(stream) => stream,
                     Err(e) => {
                         tracing::warn!("port-forward failed: {e}");
                         return;
                     }
                 };
-                let Some(mut upstream) = forwarder.take_stream(API_PORT) else {
-                    return;
-                };
                 if let Err(e) = tokio::io::copy_bidirectional(&mut socket, &mut upstream).await {
                     tracing::debug!("port-forward connection ended: {e}");
                 }
-                drop(upstream);
-                let _ = forwarder.join().await;
             });
         }
     });

@@ -307,8 +307,14 @@ mod tests {
                 }),
                 3,
             ),
-            (Failure::Connect(connect::ConnectError::NoPod("ns".into())), 3),
-            (Failure::Connect(connect::ConnectError::Ambiguous(vec![])), 6),
+            (
+                Failure::Connect(connect::ConnectError::NoPod("ns".into())),
+                3,
+            ),
+            (
+                Failure::Connect(connect::ConnectError::Ambiguous(vec![])),
+                6,
+            ),
             (Failure::Input(input::InputError::NoMethod), 6),
             (Failure::Pin("empty"), 6),
             (Failure::PinRefused("CKR_PIN_INCORRECT".into()), 5),

@@ -438,3 +438,27 @@ async fn a_named_service_account_that_does_not_exist_is_an_auth_error() {
     assert_eq!(e.kind(), Kind::Refused);
     assert!(kubectl_hsm::chain(&e).contains("default/nobody"), "{e}");
 }
+
+#[tokio::test]
+async fn the_port_forward_bridge_carries_each_connection() {
+    use kubectl_hsm::connect::bridge;
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/hsm/secrets"))
+        .respond_with(ok(json!({"secrets": ["db"], "count": 1})))
+        .expect(3)
+        .mount(&server)
+        .await;
+    let upstream = *server.address();
+    let first = tokio::net::TcpStream::connect(upstream).await.unwrap();
+    let forward = bridge(0, first, move || tokio::net::TcpStream::connect(upstream))
+        .await
+        .unwrap();
+    // Separate clients: separate connections, the first on the pre-opened stream.
+    for _ in 0..3 {
+        let api =
+            ApiClient::with_token(&format!("http://{}", forward.local), "t", TIMEOUT).unwrap();
+        assert_eq!(api.list().await.unwrap().data.secrets, ["db"]);
+    }
+    drop(forward);
+}
