@@ -1,0 +1,384 @@
+//! Finding the manager as the Go plugin does: the operator's namespace (`-n`, then
+//! `$HSM_OPERATOR_NAMESPACE`, then the one namespace holding the Service, then
+//! `hsm-secrets-operator-system`), the Service `hsm-secrets-operator-api` exposing 8090, a
+//! running manager pod, and a port-forward to it through the Kubernetes API (kube-rs,
+//! WebSocket). The choices are plain functions; the API calls sit around them.
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, ListParams};
+use std::net::SocketAddr;
+
+/// The manager's REST port.
+pub const API_PORT: u16 = 8090;
+/// The Service in front of the manager's REST API.
+pub const SERVICE_NAME: &str = "hsm-secrets-operator-api";
+/// The namespace when nothing else says.
+pub const DEFAULT_NAMESPACE: &str = "hsm-secrets-operator-system";
+/// The environment variable naming the operator's namespace.
+pub const NAMESPACE_ENV: &str = "HSM_OPERATOR_NAMESPACE";
+/// The labels of manager pods.
+pub const MANAGER_SELECTOR: &str =
+    "app.kubernetes.io/name=hsm-secrets-operator,control-plane=controller-manager";
+
+/// The manager cannot be found or reached through the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No usable kubeconfig.
+    #[error("cannot load the Kubernetes configuration")]
+    Config(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The Service exists in more than one namespace.
+    #[error(
+        "service {SERVICE_NAME} exists in several namespaces ({}): choose one with -n or {NAMESPACE_ENV}",
+        .0.join(", ")
+    )]
+    Ambiguous(Vec<String>),
+    /// No Service.
+    #[error(
+        "service {SERVICE_NAME} not found in namespace {0} (is the operator installed there? use -n)"
+    )]
+    NoService(String),
+    /// The Service has no port 8090.
+    #[error("service {SERVICE_NAME} in namespace {0} does not expose port {API_PORT}")]
+    NoApiPort(String),
+    /// No running manager pod.
+    #[error("no running manager pod ({MANAGER_SELECTOR}) in namespace {0}")]
+    NoPod(String),
+    /// A Kubernetes API call failed.
+    #[error("cannot {action}")]
+    Kube {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// The port-forward failed.
+    #[error("cannot port-forward to pod {namespace}/{pod}:{API_PORT}")]
+    PortForward {
+        /// The namespace.
+        namespace: String,
+        /// The pod.
+        pod: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// The local end of the port-forward.
+    #[error("cannot listen on 127.0.0.1:{port} for the port-forward")]
+    Listen {
+        /// The port.
+        port: u16,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A Kubernetes client, and the kubeconfig's namespace and cluster URL.
+pub struct Kube {
+    /// The client.
+    pub client: kube::Client,
+    /// The context's namespace (`default` when it names none).
+    pub namespace: String,
+    /// The cluster's URL (part of the token cache's identity).
+    pub cluster: String,
+}
+
+impl Kube {
+    /// From the kubeconfig (`KUBECONFIG`, `~/.kube/config`) or the in-cluster environment;
+    /// `context` picks a kubeconfig context.
+    pub async fn load(context: Option<&str>) -> Result<Kube, ConnectError> {
+        let config = match context {
+            Some(context) => kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
+                context: Some(context.to_owned()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ConnectError::Config(Box::new(e)))?,
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| ConnectError::Config(Box::new(e)))?,
+        };
+        let namespace = config.default_namespace.clone();
+        let cluster = config.cluster_url.to_string();
+        let client =
+            kube::Client::try_from(config).map_err(|e| ConnectError::Config(Box::new(e)))?;
+        Ok(Kube {
+            client,
+            namespace,
+            cluster,
+        })
+    }
+}
+
+/// `-n`, else `$HSM_OPERATOR_NAMESPACE` (empty counts as unset).
+pub fn explicit_namespace(flag: Option<&str>, env: Option<&str>) -> Option<String> {
+    flag.or(env).filter(|ns| !ns.is_empty()).map(str::to_owned)
+}
+
+/// The namespace from the cluster-wide search for the Service: the one namespace holding
+/// it, the default when none does, an error when several do.
+pub fn namespace_from_search(mut found: Vec<String>) -> Result<String, ConnectError> {
+    found.sort();
+    found.dedup();
+    match found.len() {
+        0 => Ok(DEFAULT_NAMESPACE.to_owned()),
+        1 => Ok(found.remove(0)),
+        _ => Err(ConnectError::Ambiguous(found)),
+    }
+}
+
+/// Whether a Service exposes the API port.
+pub fn exposes_api_port(service: &Service) -> bool {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .is_some_and(|ports| ports.iter().any(|p| p.port == i32::from(API_PORT)))
+}
+
+/// The pod to forward to: a Running pod that is Ready, else any Running one; by name, so
+/// the choice is stable.
+pub fn pick_pod(pods: &[Pod]) -> Option<String> {
+    let running = |p: &&Pod| {
+        p.metadata.deletion_timestamp.is_none()
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    };
+    let ready = |p: &&Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    let mut candidates: Vec<&Pod> = pods.iter().filter(running).collect();
+    candidates.sort_by(|a, b| {
+        ready(b)
+            .cmp(&ready(a))
+            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+    });
+    candidates.first().and_then(|p| p.metadata.name.clone())
+}
+
+/// The operator's namespace: explicit, else searched for cluster-wide.
+pub async fn resolve_namespace(
+    kube: &Kube,
+    flag: Option<&str>,
+    env: Option<&str>,
+) -> Result<String, ConnectError> {
+    if let Some(ns) = explicit_namespace(flag, env) {
+        return Ok(ns);
+    }
+    let services: Api<Service> = Api::all(kube.client.clone());
+    let params = ListParams::default().fields(&format!("metadata.name={SERVICE_NAME}"));
+    match services.list(&params).await {
+        Ok(list) => namespace_from_search(
+            list.items
+                .into_iter()
+                .filter_map(|s| s.metadata.namespace)
+                .collect(),
+        ),
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            tracing::info!("may not list services cluster-wide: using {DEFAULT_NAMESPACE}");
+            Ok(DEFAULT_NAMESPACE.to_owned())
+        }
+        Err(source) => Err(ConnectError::Kube {
+            action: format!("search for service {SERVICE_NAME}"),
+            source,
+        }),
+    }
+}
+
+/// The manager pod behind the Service in `namespace`.
+pub async fn find_manager_pod(kube: &Kube, namespace: &str) -> Result<String, ConnectError> {
+    let services: Api<Service> = Api::namespaced(kube.client.clone(), namespace);
+    let service = services
+        .get_opt(SERVICE_NAME)
+        .await
+        .map_err(|source| ConnectError::Kube {
+            action: format!("read service {namespace}/{SERVICE_NAME}"),
+            source,
+        })?
+        .ok_or_else(|| ConnectError::NoService(namespace.to_owned()))?;
+    if !exposes_api_port(&service) {
+        return Err(ConnectError::NoApiPort(namespace.to_owned()));
+    }
+    let pods: Api<Pod> = Api::namespaced(kube.client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(MANAGER_SELECTOR))
+        .await
+        .map_err(|source| ConnectError::Kube {
+            action: format!("list manager pods in {namespace}"),
+            source,
+        })?;
+    pick_pod(&list.items).ok_or_else(|| ConnectError::NoPod(namespace.to_owned()))
+}
+
+/// A local listener whose connections are each forwarded to the pod's port 8090. The
+/// forwarding stops when this is dropped.
+pub struct Forward {
+    /// Where to connect.
+    pub local: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts forwarding `127.0.0.1:local_port` (0: any) to `pod`'s port 8090 through the
+/// Kubernetes API. One forward is opened before returning, so a cluster that cannot
+/// port-forward fails here, clearly.
+pub async fn port_forward(
+    kube: &Kube,
+    namespace: &str,
+    pod: &str,
+    local_port: u16,
+) -> Result<Forward, ConnectError> {
+    let pods: Api<Pod> = Api::namespaced(kube.client.clone(), namespace);
+    let first = dial(&pods, pod)
+        .await
+        .map_err(|source| ConnectError::PortForward {
+            namespace: namespace.to_owned(),
+            pod: pod.to_owned(),
+            source,
+        })?;
+    let pod = pod.to_owned();
+    bridge(local_port, first, move || {
+        let (pods, pod) = (pods.clone(), pod.clone());
+        async move { dial(&pods, &pod).await }
+    })
+    .await
+    .map_err(|source| ConnectError::Listen {
+        port: local_port,
+        source,
+    })
+}
+
+/// One connection to the pod's API port through the Kubernetes API (WebSocket).
+async fn dial(pods: &Api<Pod>, pod: &str) -> Result<tokio::io::DuplexStream, kube::Error> {
+    let mut forwarder = pods.portforward(pod, &[API_PORT]).await?;
+    let stream = forwarder
+        .take_stream(API_PORT)
+        .expect("the stream of the one port asked for");
+    // The forwarder's task ends when the stream is closed.
+    tokio::spawn(async move {
+        if let Err(e) = forwarder.join().await {
+            tracing::debug!("port-forward ended: {e}");
+        }
+    });
+    Ok(stream)
+}
+
+/// Listens on `127.0.0.1:local_port` and joins each accepted connection to a stream from
+/// `dial` (`first` is used for the first connection), copying both ways.
+pub async fn bridge<S, D, F, E>(local_port: u16, first: S, dial: D) -> std::io::Result<Forward>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    D: Fn() -> F + Send + 'static,
+    F: std::future::Future<Output = Result<S, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", local_port)).await?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let mut ready = Some(first);
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let upstream = match ready.take() {
+                Some(stream) => Ok(stream),
+                None => dial().await,
+            };
+            tokio::spawn(async move {
+                let mut upstream = match upstream {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::warn!("port-forward failed: {e}");
+                        return;
+                    }
+                };
+                if let Err(e) = tokio::io::copy_bidirectional(&mut socket, &mut upstream).await {
+                    tracing::debug!("port-forward connection ended: {e}");
+                }
+            });
+        }
+    });
+    Ok(Forward { local, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus, ServicePort, ServiceSpec};
+    use kube::api::ObjectMeta;
+
+    fn pod(name: &str, phase: &str, ready: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_namespace_flag_wins_then_the_environment() {
+        assert_eq!(
+            explicit_namespace(Some("a"), Some("b")).as_deref(),
+            Some("a")
+        );
+        assert_eq!(explicit_namespace(None, Some("b")).as_deref(), Some("b"));
+        assert_eq!(explicit_namespace(None, Some("")), None);
+        assert_eq!(explicit_namespace(None, None), None);
+    }
+
+    #[test]
+    fn the_search_gives_one_namespace_the_default_or_an_error() {
+        assert_eq!(namespace_from_search(vec![]).unwrap(), DEFAULT_NAMESPACE);
+        assert_eq!(namespace_from_search(vec!["ops".into()]).unwrap(), "ops");
+        let e = namespace_from_search(vec!["b".into(), "a".into()]).unwrap_err();
+        assert!(e.to_string().contains("a, b"), "{e}");
+    }
+
+    #[test]
+    fn a_ready_running_pod_is_preferred() {
+        let pods = vec![
+            pod("a", "Pending", false),
+            pod("b", "Running", false),
+            pod("c", "Running", true),
+        ];
+        assert_eq!(pick_pod(&pods).as_deref(), Some("c"));
+        assert_eq!(pick_pod(&pods[..2]).as_deref(), Some("b"));
+        assert_eq!(pick_pod(&pods[..1]), None);
+    }
+
+    #[test]
+    fn the_service_must_expose_8090() {
+        let service = |port| Service {
+            spec: Some(ServiceSpec {
+                ports: Some(vec![ServicePort {
+                    port,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(exposes_api_port(&service(8090)));
+        assert!(!exposes_api_port(&service(80)));
+        assert!(!exposes_api_port(&Service::default()));
+    }
+}
