@@ -1,7 +1,10 @@
 //! Agent placement end to end: the manager (as `hsm-operator` wires it) against the served API
-//! emulator, the pod runner playing kubelet, and the real `hsm-agent` binary on a SoftHSM2
-//! token. A device in the HSMPool's status becomes an agent Deployment, its pod becomes a
-//! followed agent, and its secret becomes a Kubernetes Secret; the device gone, the agent goes.
+//! emulator, with the pod runner playing kubelet and running the real `hsm-discovery` (on a
+//! fixture sysfs tree showing a Pico HSM) and `hsm-agent` (on a SoftHSM2 token standing in
+//! for that Pico HSM). HSMDevice → discovery DaemonSet → report → HSMPool Ready → agent
+//! Deployment → agent pod Ready → followed over mTLS → HSMSecret's Secret; the device no
+//! longer reported, its agent goes after the absence timeout. The discovery gate and garbage
+//! collection are tested on the placement controller alone, with hand-made objects.
 
 mod common;
 
@@ -9,25 +12,27 @@ use clap::Parser;
 use common::*;
 use hsm_api::device::HSMDevice;
 use hsm_api::pool::HSMPool;
+use hsm_operator::agents::AgentApi;
+use hsm_operator::agents::endpoints::agent_pod_endpoint;
+use hsm_operator::agents::grpc::GrpcAgent;
 use hsm_operator::cli::Cli;
+use hsm_operator::placement::plan::Settings;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use pod_runner::{ImageTable, PodRunner, RunnerConfig};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use pod_runner::{HostPaths, ImageTable, PodRunner, RunnerConfig};
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
 
 const DEVICE: &str = "pico";
-const SERIAL: &str = "PICO0001";
-const AGENT: &str = "hsm-agent-pico-pico0001";
 const NODE: &str = "local";
-const WAIT: Duration = Duration::from_secs(40);
+const WAIT: Duration = Duration::from_secs(60);
 
 /// The manager, wired as the binary wires it, in this process.
-fn start_manager(client: &kube::Client, extra: &[&str]) -> tokio::task::JoinHandle<()> {
-    let mut args = vec![
+fn start_manager(client: &kube::Client) -> tokio::task::JoinHandle<()> {
+    let cli = Cli::parse_from([
         "hsm-operator",
         "--mode=manager",
         "--metrics-bind-address=0",
@@ -38,10 +43,9 @@ fn start_manager(client: &kube::Client, extra: &[&str]) -> tokio::task::JoinHand
         "--namespace",
         OPERATOR_NS,
         "--agent-image=hsm-agent",
+        "--discovery-image=hsm-discovery",
         "--device-absence-timeout=3s",
-    ];
-    args.extend_from_slice(extra);
-    let cli = Cli::parse_from(args);
+    ]);
     let client = client.clone();
     tokio::spawn(async move {
         if let Err(error) = hsm_operator::run::run_with(cli, client).await {
@@ -50,7 +54,9 @@ fn start_manager(client: &kube::Client, extra: &[&str]) -> tokio::task::JoinHand
     })
 }
 
-async fn create_device(client: &kube::Client, token_label: &str) -> HSMDevice {
+/// The HSMDevice `pico` (a Pico HSM by USB IDs, served through `module` and `token_label`)
+/// and its PIN Secret.
+async fn create_device(client: &kube::Client, module: &str, token_label: &str) -> HSMDevice {
     let pin: Secret = serde_json::from_value(json!({
         "metadata": {"name": "pico-pin", "namespace": OPERATOR_NS},
         "stringData": {"pin": hsm_store::testing::TEST_PIN}
@@ -63,10 +69,10 @@ async fn create_device(client: &kube::Client, token_label: &str) -> HSMDevice {
     let device: HSMDevice = serde_json::from_value(json!({
         "apiVersion": "hsm.j5t.io/v1alpha1", "kind": "HSMDevice",
         "metadata": {"name": DEVICE, "namespace": OPERATOR_NS},
-        "spec": {"deviceType": "PicoHSM", "pkcs11": {
-            "libraryPath": hsm_store::testing::SOFTHSM2_MODULE,
-            "tokenLabel": token_label,
-            "pinSecret": {"name": "pico-pin", "key": "pin"}}}
+        "spec": {"deviceType": "PicoHSM",
+            "discovery": {"usb": [{"vendorId": "2e8a", "productId": "10fd"}]},
+            "pkcs11": {"libraryPath": module, "tokenLabel": token_label,
+                       "pinSecret": {"name": "pico-pin", "key": "pin"}}}
     }))
     .unwrap();
     Api::<HSMDevice>::namespaced(client.clone(), OPERATOR_NS)
@@ -75,53 +81,102 @@ async fn create_device(client: &kube::Client, token_label: &str) -> HSMDevice {
         .unwrap()
 }
 
-/// The pool as the pool controller writes it: owned by the device, `devices` in its status.
-async fn report(
-    client: &kube::Client,
-    device: &HSMDevice,
-    phase: &str,
-    devices: serde_json::Value,
-) {
-    let pools = Api::<HSMPool>::namespaced(client.clone(), OPERATOR_NS);
-    let name = hsm_api::names::pool_name(DEVICE);
-    if pools.get_opt(&name).await.unwrap().is_none() {
-        let pool: HSMPool = serde_json::from_value(json!({
-            "apiVersion": "hsm.j5t.io/v1alpha1", "kind": "HSMPool",
-            "metadata": {"name": name, "namespace": OPERATOR_NS,
-                "labels": {"hsm.j5t.io/device": DEVICE},
-                "ownerReferences": [{"apiVersion": "hsm.j5t.io/v1alpha1", "kind": "HSMDevice",
-                    "name": DEVICE, "uid": device.uid().unwrap(), "controller": true}]},
-            "spec": {"gracePeriod": "1s"}
-        }))
-        .unwrap();
-        pools.create(&PostParams::default(), &pool).await.unwrap();
+/// This machine as one node: the workspace's discovery and agent binaries as images, the
+/// fixture sysfs tree as `/sys`, and the test's SoftHSM2 configuration.
+struct Node {
+    runner: Option<PodRunner>,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(cluster: &Cluster, softhsm_conf: &Path) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        cluster.server.write_kubeconfig(&kubeconfig).unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let built = delivery::cargo::build(
+            &root,
+            delivery::cargo::Profile::TestSuite,
+            &["hsm-agent", "hsm-discovery"],
+        )
+        .expect("the agent and discovery binaries");
+        let mut host_paths = HostPaths::new().with(
+            "/sys",
+            root.join("crates/hsm-discovery/tests/fixtures/sysfs"),
+        );
+        for path in [
+            "/run/udev",
+            "/var/lib/kubelet/device-plugins",
+            "/var/lib/kubelet/plugins_registry",
+        ] {
+            let local = dir.path().join("host").join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(&local).unwrap();
+            host_paths.insert(path, local);
+        }
+        let mut config = RunnerConfig::new(NODE, dir.path().join("pods"));
+        config.images = ImageTable::new()
+            .with("hsm-agent", &built["hsm-agent"])
+            .with("hsm-discovery", &built["hsm-discovery"]);
+        config.host_paths = host_paths;
+        config
+            .pod_env
+            .insert("KUBECONFIG".into(), kubeconfig.display().to_string());
+        config
+            .pod_env
+            .insert("SOFTHSM2_CONF".into(), softhsm_conf.display().to_string());
+        config.restart_backoff = Duration::from_millis(200);
+        config.restart_backoff_max = Duration::from_secs(2);
+        let runner = PodRunner::start(cluster.client.clone(), config).unwrap();
+        Node {
+            runner: Some(runner),
+            _dir: dir,
+        }
     }
-    let status = json!({"status": {"phase": phase, "aggregatedDevices": devices,
-        "totalDevices": 1, "availableDevices": 1, "expectedPods": 1}});
-    pools
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
+
+    /// Every pod's status and container logs, for a failure message.
+    async fn describe(&self, client: &kube::Client) -> String {
+        let runner = self.runner.as_ref().unwrap();
+        let pods = Api::<Pod>::namespaced(client.clone(), OPERATOR_NS)
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let mut out = String::new();
+        for pod in pods {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            out += &format!("pod {}: {phase:?}\n", pod.name_any());
+            for container in pod.spec.iter().flat_map(|s| &s.containers) {
+                let log = runner.log_path(OPERATOR_NS, &pod.name_any(), &container.name);
+                out += &format!(
+                    "--- {} log:\n{}\n",
+                    container.name,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        }
+        out
+    }
+
+    async fn stop(mut self) {
+        if let Some(runner) = self.runner.take() {
+            runner.stop_within(Duration::from_secs(2)).await;
+        }
+    }
 }
 
-fn device_on(node: &str, available: bool) -> serde_json::Value {
-    json!([{"devicePath": "/dev/bus/usb/001/007", "serialNumber": SERIAL, "nodeName": node,
-            "lastSeen": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "available": available}])
-}
-
-async fn deployment(client: &kube::Client, present: bool) -> Option<Deployment> {
+/// Waits for Deployment `name` to be there (or gone).
+async fn deployment(client: &kube::Client, name: &str, present: bool) -> Option<Deployment> {
     let api = Api::<Deployment>::namespaced(client.clone(), OPERATOR_NS);
     eventually(
         WAIT,
         &format!(
-            "agent Deployment {AGENT} to be {}",
+            "Deployment {name} to be {}",
             if present { "there" } else { "gone" }
         ),
         || {
             let api = api.clone();
             async move {
-                match api.get_opt(AGENT).await.unwrap() {
+                match api.get_opt(name).await.unwrap() {
                     Some(d) if present => Some(Some(d)),
                     None if !present => Some(None),
                     _ => None,
@@ -132,36 +187,35 @@ async fn deployment(client: &kube::Client, present: bool) -> Option<Deployment> 
     .await
 }
 
+/// The agent of pod `app=<agent>`, reached as the manager reaches it, once it answers.
+async fn agent_client(client: &kube::Client, agent: &str, pki: &Pki) -> Option<GrpcAgent> {
+    let pod = Api::<Pod>::namespaced(client.clone(), OPERATOR_NS)
+        .list(&ListParams::default().labels(&format!("app={agent}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .next()?;
+    let (_, url) = agent_pod_endpoint(&pod, "https")?;
+    let grpc = GrpcAgent::new(&url, Some(&pki.client)).unwrap();
+    grpc.index().await.ok().map(|_| grpc)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_reported_device_gets_an_agent_whose_secrets_reach_kubernetes_and_it_goes_when_the_device_does()
+async fn an_hsmdevice_becomes_a_discovered_device_an_agent_pod_and_secrets_and_its_agent_goes_with_the_device()
  {
     let cluster = cluster().await;
     let client = cluster.client.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, cluster.server.kubeconfig()).unwrap();
     let pki = operator_pki(&client, OPERATOR_NS).await;
     let hsm = hsm_store::testing::SoftHsm::new();
-    let device = create_device(&client, &hsm.label).await;
+    let node = Node::start(&cluster, hsm.conf_path());
+    let manager = start_manager(&client);
+    create_device(&client, hsm_store::testing::SOFTHSM2_MODULE, &hsm.label).await;
+    let agent_name = hsm_api::names::agent_name(DEVICE, "DC6A33145E23A42A").unwrap();
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let built = delivery::cargo::build(&root, delivery::cargo::Profile::TestSuite, &["hsm-agent"])
-        .expect("the hsm-agent binary");
-    let mut config = RunnerConfig::new(NODE, dir.path().join("pods"));
-    config.images = ImageTable::new().with("hsm-agent", &built["hsm-agent"]);
-    config
-        .pod_env
-        .insert("KUBECONFIG".into(), kubeconfig.display().to_string());
-    config.pod_env.insert(
-        "SOFTHSM2_CONF".into(),
-        hsm.conf_path().display().to_string(),
-    );
-    let runner = PodRunner::start(client.clone(), config).unwrap();
-    let manager = start_manager(&client, &[]);
-
-    // Reported available on this node: an agent Deployment pinned here, owned by the device.
-    report(&client, &device, "Ready", device_on(NODE, true)).await;
-    let agent = deployment(&client, true).await.unwrap();
+    // Discovery reports the fixture's Pico HSM; the agent for its serial is pinned here and
+    // owned by the HSMDevice.
+    let agent = deployment(&client, &agent_name, true).await.unwrap();
     let owner = &agent.owner_references()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.name.as_str()),
@@ -173,34 +227,23 @@ async fn a_reported_device_gets_an_agent_whose_secrets_reach_kubernetes_and_it_g
         NODE
     );
 
-    // Its pod runs the real agent; the manager follows it at the pod's IP over mTLS.
-    let dump = DumpOnPanic {
-        runner: &runner,
-        client: client.clone(),
-    };
-    let grpc = eventually(
-        WAIT,
-        "the agent pod to be Ready and answer over mTLS",
-        || {
-            let (client, pki) = (client.clone(), &pki);
-            async move {
-                let pods = Api::<Pod>::namespaced(client, OPERATOR_NS);
-                let pod = pods
-                    .list(&kube::api::ListParams::default().labels(&format!("app={AGENT}")))
-                    .await
-                    .unwrap()
-                    .items
-                    .into_iter()
-                    .next()?;
-                let (_, url) = hsm_operator::agents::endpoints::agent_pod_endpoint(&pod, "https")?;
-                let agent =
-                    hsm_operator::agents::grpc::GrpcAgent::new(&url, Some(&pki.client)).unwrap();
-                use hsm_operator::agents::AgentApi;
-                agent.index().await.ok().map(|_| agent)
+    // Its pod runs the real agent on the token; the manager follows it over mTLS.
+    let grpc = match tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(grpc) = agent_client(&client, &agent_name, &pki).await {
+                return grpc;
             }
-        },
-    )
-    .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    {
+        Ok(grpc) => grpc,
+        Err(_) => panic!(
+            "the agent never answered:\n{}",
+            node.describe(&client).await
+        ),
+    };
     hsm_write(&grpc, "db", &[("password", "from-the-token")], 1).await;
     Api::<hsm_api::secret::HSMSecret>::namespaced(client.clone(), APPS)
         .create(&PostParams::default(), &hsm_secret("db", json!({})))
@@ -210,66 +253,65 @@ async fn a_reported_device_gets_an_agent_whose_secrets_reach_kubernetes_and_it_g
     hsm_write(&grpc, "db", &[("password", "changed")], 2).await;
     secret_holds(&client, "db", &[("password", "changed")]).await;
 
-    // Lost for longer than the grace period (1 s), and absent past the timeout (3 s): gone.
-    report(&client, &device, "Ready", device_on(NODE, false)).await;
-    assert!(deployment(&client, false).await.is_none());
-    // The Secret keeps its last good value.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The HSMDevice no longer matches the Pico HSM: once no device has been available for
+    // the absence timeout (3 s), the agent goes; the Secret keeps its last good value.
+    let patch =
+        json!({"spec": {"discovery": {"usb": [{"vendorId": "1234", "productId": "5678"}]}}});
+    Api::<HSMDevice>::namespaced(client.clone(), OPERATOR_NS)
+        .patch(DEVICE, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert!(deployment(&client, &agent_name, false).await.is_none());
     secret_holds(&client, "db", &[("password", "changed")]).await;
 
-    std::mem::forget(dump);
     manager.abort();
-    runner.stop().await;
+    node.stop().await;
 }
 
-/// On a failure, prints the agent pods' status and logs.
-struct DumpOnPanic<'a> {
-    runner: &'a PodRunner,
-    client: kube::Client,
+/// The placement controller alone, on hand-made pools, DaemonSets and pods.
+fn start_placement(client: &kube::Client) -> tokio::task::JoinHandle<()> {
+    let setup = hsm_operator::placement::Setup {
+        client: client.clone(),
+        settings: Settings {
+            image: "hsm-agent".into(),
+            tls: false,
+            service_account: "hsm-agent".into(),
+            absence_timeout: Duration::from_secs(600),
+        },
+    };
+    tokio::spawn(hsm_operator::placement::run(setup, std::future::pending()))
 }
 
-impl Drop for DumpOnPanic<'_> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let client = self.client.clone();
-        let pods = std::thread::scope(|s| {
-            s.spawn(|| {
-                tokio::runtime::Runtime::new()
-                    .unwrap()
-                    .block_on(async move {
-                        Api::<Pod>::namespaced(client, OPERATOR_NS)
-                            .list(&Default::default())
-                            .await
-                            .map(|l| l.items)
-                            .unwrap_or_default()
-                    })
-            })
-            .join()
-            .unwrap()
-        });
-        for pod in pods {
-            eprintln!("pod {}: {:?}", pod.name_any(), pod.status);
-            for container in pod.spec.iter().flat_map(|s| &s.containers) {
-                let log = self
-                    .runner
-                    .log_path(OPERATOR_NS, &pod.name_any(), &container.name);
-                eprintln!(
-                    "--- {} log:\n{}",
-                    container.name,
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-        }
-    }
+const SERIAL: &str = "PICO0001";
+const AGENT: &str = "hsm-agent-pico-pico0001";
+
+/// The pool as the pool controller writes it: owned by the device, `devices` in its status.
+async fn report(client: &kube::Client, device: &HSMDevice, devices: serde_json::Value) {
+    let pools = Api::<HSMPool>::namespaced(client.clone(), OPERATOR_NS);
+    let name = hsm_api::names::pool_name(DEVICE);
+    let pool: HSMPool = serde_json::from_value(json!({
+        "apiVersion": "hsm.j5t.io/v1alpha1", "kind": "HSMPool",
+        "metadata": {"name": name, "namespace": OPERATOR_NS,
+            "labels": {"hsm.j5t.io/device": DEVICE},
+            "ownerReferences": [{"apiVersion": "hsm.j5t.io/v1alpha1", "kind": "HSMDevice",
+                "name": DEVICE, "uid": device.uid().unwrap(), "controller": true}]},
+        "spec": {"gracePeriod": "5m"}
+    }))
+    .unwrap();
+    pools.create(&PostParams::default(), &pool).await.unwrap();
+    let status = json!({"status": {"phase": "Ready", "aggregatedDevices": devices,
+        "totalDevices": 1, "availableDevices": 1, "expectedPods": 1}});
+    pools
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn an_agent_waits_for_current_discovery_on_its_node_and_goes_with_its_hsmdevice() {
     let cluster = cluster().await;
     let client = cluster.client.clone();
-    let device = create_device(&client, "any").await;
+    let device = create_device(&client, "/usr/lib/any-pkcs11.so", "any").await;
     let daemon_sets = Api::<DaemonSet>::namespaced(client.clone(), OPERATOR_NS);
     let ds: DaemonSet = serde_json::from_value(json!({
         "metadata": {"name": hsm_api::names::discovery_daemonset_name(DEVICE), "namespace": OPERATOR_NS,
@@ -283,8 +325,14 @@ async fn an_agent_waits_for_current_discovery_on_its_node_and_goes_with_its_hsmd
         .await
         .unwrap();
     let generation = ds.metadata.generation.unwrap().to_string();
-    let manager = start_manager(&client, &["--agent-tls-enabled=false"]);
-    report(&client, &device, "Ready", device_on(NODE, true)).await;
+    let placement = start_placement(&client);
+    report(
+        &client,
+        &device,
+        json!([{"devicePath": "/dev/bus/usb/001/007", "serialNumber": SERIAL, "nodeName": NODE,
+                "lastSeen": k8s_openapi::jiff::Timestamp::now().to_string(), "available": true}]),
+    )
+    .await;
 
     // No discovery pod on the node runs the current generation: no agent yet.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -309,13 +357,13 @@ async fn an_agent_waits_for_current_discovery_on_its_node_and_goes_with_its_hsmd
     )
     .await
     .unwrap();
-    deployment(&client, true).await;
+    deployment(&client, AGENT, true).await;
 
-    // The HSMDevice deleted: its agent, pool and DaemonSet are collected with it.
+    // The HSMDevice deleted: its agent and pool are collected with it.
     Api::<HSMDevice>::namespaced(client.clone(), OPERATOR_NS)
         .delete(DEVICE, &DeleteParams::foreground())
         .await
         .unwrap();
-    deployment(&client, false).await;
-    manager.abort();
+    deployment(&client, AGENT, false).await;
+    placement.abort();
 }

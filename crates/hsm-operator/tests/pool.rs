@@ -21,7 +21,6 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use pod_runner::{HostPaths, ImageTable, PodRunner, RunnerConfig};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const NS: &str = OPERATOR_NS;
@@ -331,58 +330,22 @@ fn condition<'a>(
         .find(|c| c.type_ == type_)
 }
 
-/// `hsm-discovery` built as a workspace binary (the pod runner runs it as the discovery
-/// image's entrypoint). Cargo's variables for this test process are cleared so the build
-/// shares its units with every other build of the workspace.
+/// `hsm-discovery` as the test suite builds it (the pod runner runs it as the discovery
+/// image's entrypoint): under `cargo xtask test` nothing is rebuilt.
 fn discovery_binary() -> PathBuf {
     static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BINARY
         .get_or_init(|| {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut command = Command::new(cargo);
-            for (key, _) in std::env::vars_os() {
-                let key = key.to_string_lossy();
-                if key.starts_with("NEXTEST")
-                    || key.starts_with("CARGO_PKG_")
-                    || key.starts_with("CARGO_BIN_EXE_")
-                    || [
-                        "CARGO_MANIFEST_DIR",
-                        "CARGO_MANIFEST_PATH",
-                        "CARGO_CRATE_NAME",
-                        "CARGO_BIN_NAME",
-                        "CARGO_PRIMARY_PACKAGE",
-                        "CARGO_RUSTC_CURRENT_DIR",
-                        "CARGO_TARGET_TMPDIR",
-                        "OUT_DIR",
-                    ]
-                    .contains(&&*key)
-                {
-                    command.env_remove(&*key);
-                }
-            }
-            if std::env::var_os("NEXTEST_LD_LIBRARY_PATH").is_some() {
-                command.env_remove("LD_LIBRARY_PATH");
-            }
-            let output = command
-                .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-                .args([
-                    "build",
-                    "--package=hsm-discovery",
-                    "--bin=hsm-discovery",
-                    "--message-format=json-render-diagnostics",
-                ])
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .expect("cargo runs");
-            assert!(output.status.success(), "building hsm-discovery failed");
-            String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .filter(|m| {
-                    m["reason"] == "compiler-artifact" && m["target"]["name"] == "hsm-discovery"
-                })
-                .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-                .expect("cargo names the hsm-discovery executable")
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let mut built = delivery::cargo::build(
+                &root,
+                delivery::cargo::Profile::TestSuite,
+                &["hsm-discovery"],
+            )
+            .expect("building hsm-discovery");
+            built
+                .remove("hsm-discovery")
+                .expect("an hsm-discovery binary")
         })
         .clone()
 }
