@@ -189,13 +189,14 @@ async fn a_delete_reaches_a_device_that_was_down_and_is_not_undone() {
     a.write("db", BTreeMap::new(), tombstone_metadata(2))
         .await
         .unwrap();
-    eventually(WAIT, "device two to be seen down", || async {
-        running
-            .pool
-            .snapshots()
-            .iter()
-            .any(|d| d.key == "two" && matches!(d.health, DeviceHealth::Unavailable { .. }))
-            .then_some(())
+    eventually(WAIT, "one healthy with the tombstone, two down", || async {
+        let devices = running.pool.snapshots();
+        let one = devices.iter().find(|d| d.key == "one")?;
+        let two = devices.iter().find(|d| d.key == "two")?;
+        (one.health == DeviceHealth::Healthy
+            && one.entries.get("db").is_some_and(|e| e.tombstone)
+            && matches!(two.health, DeviceHealth::Unavailable { .. }))
+        .then_some(())
     })
     .await;
     let while_down = running.mirror.sync_now(true).await.unwrap();
@@ -219,6 +220,11 @@ async fn a_delete_reaches_a_device_that_was_down_and_is_not_undone() {
     );
 
     // Every later pass leaves it deleted on both.
+    eventually(WAIT, "a pass finding both agreeing", || async {
+        let after = running.mirror.sync_now(true).await.ok()?;
+        after.in_sync().then_some(())
+    })
+    .await;
     let after = running.mirror.sync_now(true).await.unwrap();
     assert!(after.in_sync(), "{after:?}");
     for agent in [&a, &b] {
@@ -277,4 +283,29 @@ async fn a_manual_pass_needs_a_healthy_device_and_reuses_a_current_summary() {
     .await;
     assert_eq!(next.trigger, Trigger::Manual);
     holds(&*b, "api-key", &values(&[("data", "k2")])).await;
+}
+
+#[tokio::test]
+async fn an_empty_device_joining_late_triggers_a_pass_by_becoming_healthy() {
+    let pki = pki();
+    let one = TestAgent::start(&pki).await;
+    let mut two = TestAgent::start(&pki).await;
+    let a: Arc<dyn AgentApi> = Arc::new(one.client(&pki));
+    let b: Arc<dyn AgentApi> = Arc::new(two.client(&pki));
+    hsm_write(&*a, "tls-cert", &[("tls.crt", "PEM")], 1).await;
+    let (two_hsm, two_addr) = (two.hsm.clone().unwrap(), two.addr);
+    two.stop().await;
+    let running = Running::start(vec![("one", a.clone()), ("two", b.clone())], quick());
+    eventually(WAIT, "a pass with device two down", || async {
+        let last = running.mirror.last_summary()?;
+        (last.healthy_devices == ["one"]).then_some(())
+    })
+    .await;
+
+    // An empty token announces no secret name when it comes back: only its health moved.
+    let _two = TestAgent::start_on(&pki, two_hsm, two_addr).await;
+    holds(&*b, "tls-cert", &values(&[("tls.crt", "PEM")])).await;
+    let last = running.mirror.last_summary().unwrap();
+    assert_eq!(last.trigger, Trigger::DeviceReady, "{last:?}");
+    assert_eq!(last.written, 1);
 }

@@ -329,18 +329,18 @@ async fn scenario(count: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
     world.caught_up().await;
 
     let contents = world.contents().await;
-    for other in &contents[1..] {
-        prop_assert_eq!(&contents[0], other, "every device holds the same content");
-    }
     for (name, newest) in &world.newest {
         if newest.deleted && newest.unique {
-            let (values, _, tombstone) = &contents[0][name];
-            prop_assert!(
-                *tombstone && values.is_none(),
-                "{} was deleted last and came back",
-                name
-            );
+            for content in &contents {
+                let deleted = content
+                    .get(name)
+                    .is_some_and(|(values, _, tombstone)| *tombstone && values.is_none());
+                prop_assert!(deleted, "{} was deleted last and came back", name);
+            }
         }
+    }
+    for other in &contents[1..] {
+        prop_assert_eq!(&contents[0], other, "every device holds the same content");
     }
 
     let versions = world.store_versions().await;
@@ -355,7 +355,12 @@ async fn scenario(count: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, max_shrink_iters: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 128,
+        max_shrink_iters: 200,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn devices_converge_deletes_stay_deleted_and_a_second_pass_changes_nothing(
