@@ -309,3 +309,88 @@ async fn an_empty_device_joining_late_triggers_a_pass_by_becoming_healthy() {
     assert_eq!(last.trigger, Trigger::DeviceReady, "{last:?}");
     assert_eq!(last.written, 1);
 }
+
+#[tokio::test]
+async fn the_periodic_pass_is_a_safety_net_without_announcements() {
+    let pki = pki();
+    let (one, two) = (TestAgent::start(&pki).await, TestAgent::start(&pki).await);
+    let a: Arc<dyn AgentApi> = Arc::new(one.client(&pki));
+    let b: Arc<dyn AgentApi> = Arc::new(two.client(&pki));
+    // Announced changes would wait an hour: only the timer can carry the write over.
+    let running = Running::start(
+        vec![("one", a.clone()), ("two", b.clone())],
+        Config {
+            debounce: Duration::from_secs(3600),
+            periodic: Duration::from_millis(300),
+        },
+    );
+    hsm_write(&*a, "webhook-token", &[("data", "t0k")], 1).await;
+    holds(&*b, "webhook-token", &values(&[("data", "t0k")])).await;
+    let last = running.mirror.last_summary().unwrap();
+    assert_eq!(last.trigger, Trigger::Periodic);
+}
+
+#[tokio::test]
+async fn a_write_landing_after_the_plan_is_never_replaced_by_the_older_copy() {
+    let pki = pki();
+    let (one, two) = (TestAgent::start(&pki).await, TestAgent::start(&pki).await);
+    let a: Arc<dyn AgentApi> = Arc::new(one.client(&pki));
+    let b: Arc<dyn AgentApi> = Arc::new(two.client(&pki));
+    let pool = AgentPool::new().with_health_interval(Duration::from_millis(100));
+    pool.insert("one", a.clone());
+    pool.insert("two", b.clone());
+    let metrics = Metrics::new();
+    hsm_write(&*a, "queue", &[("data", "v2")], 2).await;
+    hsm_write(&*b, "queue", &[("data", "v1")], 1).await;
+    hsm_write(&*b, "cache", &[("data", "c1")], 1).await;
+    let seen = |name: &'static str, version: i64| {
+        let pool = pool.clone();
+        async move {
+            eventually(WAIT, "the pool to see the writes", || async {
+                let all = pool.snapshots();
+                all.iter()
+                    .all(|d| {
+                        d.health == DeviceHealth::Healthy
+                            && d.entries
+                                .get(name)
+                                .is_some_and(|e| e.sync_version >= version)
+                    })
+                    .then_some(())
+            })
+            .await
+        }
+    };
+    seen("queue", 1).await;
+    eventually(WAIT, "cache on two", || async {
+        pool.snapshots()
+            .iter()
+            .any(|d| d.key == "two" && d.entries.contains_key("cache"))
+            .then_some(())
+    })
+    .await;
+    let plan = mirror::plan::plan(&pool.snapshots());
+    assert_eq!(plan.action_count(), 2, "{plan:?}");
+
+    // Before the plan is carried out, a newer write reaches the target "two" of "queue",
+    // and the source "two" of "cache" changes.
+    hsm_write(&*b, "queue", &[("data", "v3")], 3).await;
+    hsm_write(&*b, "cache", &[("data", "c2")], 2).await;
+    seen("queue", 2).await;
+    eventually(WAIT, "cache v2 on two", || async {
+        pool.snapshots()
+            .iter()
+            .any(|d| d.key == "two" && d.entries.get("cache").is_some_and(|e| e.sync_version == 2))
+            .then_some(())
+    })
+    .await;
+    let outcomes = mirror::execute::execute(&pool, &plan, &metrics).await;
+    assert_eq!(outcomes.len(), 2);
+    for outcome in &outcomes {
+        assert!(
+            matches!(outcome.result, Err(mirror::execute::ActionError::Stale)),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(b.read("queue").await.unwrap(), values(&[("data", "v3")]));
+    assert!(a.read("cache").await.unwrap_err().is_not_found());
+}
