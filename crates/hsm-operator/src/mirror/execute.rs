@@ -64,7 +64,7 @@ async fn execute_secret(
     metrics: &Metrics,
 ) -> Vec<ActionOutcome> {
     let copy = match read_source(pool, secret, metrics).await {
-        Ok(copy) => Arc::new(copy),
+        Ok(copy) => copy,
         Err(error) => {
             tracing::debug!(secret = %secret.name, source = %secret.source, %error, "source not read");
             return secret
@@ -74,12 +74,10 @@ async fn execute_secret(
                 .collect();
         }
     };
-    let writes = secret.actions.iter().map(|action| {
-        let copy = copy.clone();
-        async move {
-            let result = write_target(pool, secret, action, &copy).await;
-            outcome(secret, action, result)
-        }
+    let copy = &copy;
+    let writes = secret.actions.iter().map(|action| async move {
+        let result = write_target(pool, secret, action, copy).await;
+        outcome(secret, action, result)
     });
     futures::future::join_all(writes).await
 }
@@ -95,7 +93,7 @@ fn outcome(secret: &SecretPlan, action: &Action, result: Result<(), ActionError>
 }
 
 /// The winning copy: the source's metadata record and value, as the plan saw them.
-struct Copy {
+struct WinningCopy {
     values: SecretValues,
     metadata: SecretMetadata,
 }
@@ -104,7 +102,7 @@ async fn read_source(
     pool: &AgentPool,
     secret: &SecretPlan,
     metrics: &Metrics,
-) -> Result<Copy, ActionError> {
+) -> Result<WinningCopy, ActionError> {
     let slot = pool.device(&secret.source).ok_or(ActionError::Stale)?;
     let planned = &secret.source_entry;
     still_holds(&slot, &secret.name, Some(planned))?;
@@ -131,7 +129,7 @@ async fn read_source(
             values
         }
     };
-    Ok(Copy { values, metadata })
+    Ok(WinningCopy { values, metadata })
 }
 
 fn agent_error(error: AgentError) -> ActionError {
@@ -175,7 +173,7 @@ async fn write_target(
     pool: &AgentPool,
     secret: &SecretPlan,
     action: &Action,
-    copy: &Copy,
+    copy: &WinningCopy,
 ) -> Result<(), ActionError> {
     let slot = pool.device(&action.device).ok_or(ActionError::Stale)?;
     // A write that reached the target after the plan (a REST write, say) is never replaced

@@ -263,6 +263,8 @@ pub async fn run(mirror: Mirror, shutdown: impl Future<Output = ()> + Send) {
             _ = wait_due => due.take().map_or(Trigger::DeviceChange, |(_, t)| t),
             _ = periodic.tick() => Trigger::Periodic,
         };
+        // The pass plans from the devices as they are now, announcements so far included.
+        due = None;
         tokio::select! {
             _ = &mut shutdown => break,
             result = mirror.pass(trigger) => if let Err(error) = result {
