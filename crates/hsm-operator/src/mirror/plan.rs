@@ -20,7 +20,9 @@ use hsm_proto::v1::IndexEntry;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a device must be written to hold the winning copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionKind {
     /// The device lacks the winning value (absent, other content, or a tombstone the winner
@@ -83,7 +85,7 @@ impl SecretPlan {
 }
 
 /// A device left out of the plan, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SkippedDevice {
     /// The device's key in the pool.
     pub device: String,

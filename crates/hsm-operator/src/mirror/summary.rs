@@ -4,11 +4,11 @@
 use super::execute::ActionOutcome;
 use super::plan::{ActionKind, Plan, SkippedDevice};
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// What started a pass (the Go manager's trigger reasons where it had one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     /// The safety net's timer (and the first pass at start).
@@ -39,7 +39,7 @@ impl Trigger {
 }
 
 /// How one planned write ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionResult {
     /// Written.
@@ -63,7 +63,7 @@ impl ActionResult {
 }
 
 /// One planned write and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionReport {
     /// The secret's name.
@@ -85,7 +85,7 @@ pub struct ActionReport {
 }
 
 /// What a pass did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     /// What started it.
@@ -253,5 +253,7 @@ mod tests {
         assert!(json["actions"][0].get("error").is_none());
         assert_eq!(json["actions"][1]["category"], "unavailable");
         assert_eq!(json["actions"][2]["result"], "stale");
+        let back: Summary = serde_json::from_value(json).unwrap();
+        assert_eq!(back, summary, "clients (the plugin) read it back");
     }
 }
