@@ -11,6 +11,8 @@
 //! - [`placement`]: one agent Deployment per physical device, on its node, from the HSMPool.
 //! - [`images`]: which image agent and discovery pods run when no flag says.
 //! - [`pki`]: the CA and certificates of manager↔agent mTLS, as Secrets, renewed in time.
+//! - [`mirror`]: keeps several devices holding the same secrets (pure planner, executor,
+//!   runner on the leader).
 //! - [`leader`]: leader election on a Lease; [`telemetry`]: metrics and probes.
 //! - [`cli`] and [`run`]: the `--mode=manager` command line and the wiring.
 
@@ -20,6 +22,7 @@ pub mod cli;
 pub mod device;
 pub mod images;
 pub mod leader;
+pub mod mirror;
 pub mod pki;
 pub mod placement;
 pub mod pool;

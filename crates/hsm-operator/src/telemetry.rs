@@ -52,6 +52,24 @@ pub struct DeviceLabels {
     pub device: String,
 }
 
+/// A mirror pass.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorRunLabels {
+    /// What started it (`periodic`, `device_change`, `device_ready`, `manual_api`, …).
+    pub trigger: String,
+    /// `ok` (every write made), `partial` (some failed), `no_devices`.
+    pub result: String,
+}
+
+/// One write of a mirror pass.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorActionLabels {
+    /// `write`, `tombstone` or `restore_metadata`.
+    pub action: String,
+    /// `written`, `failed` or `stale` (the device changed since the plan).
+    pub result: String,
+}
+
 /// Every metric the manager exports.
 pub struct Metrics {
     registry: Registry,
@@ -71,6 +89,14 @@ pub struct Metrics {
     pub device_connected: Family<DeviceLabels, Gauge>,
     /// 1 while this replica leads.
     pub leader: Gauge,
+    /// Mirror passes by trigger and result.
+    pub mirror_runs: Family<MirrorRunLabels, Counter>,
+    /// Mirror writes by action and result.
+    pub mirror_actions: Family<MirrorActionLabels, Counter>,
+    /// Failed mirror writes by error category.
+    pub mirror_failures: Family<CategoryLabels, Counter>,
+    /// How long a mirror pass takes.
+    pub mirror_run_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -92,6 +118,10 @@ impl Metrics {
             secret_writes: Counter::default(),
             device_connected: Family::default(),
             leader: Gauge::default(),
+            mirror_runs: Family::default(),
+            mirror_actions: Family::default(),
+            mirror_failures: Family::default(),
+            mirror_run_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             registry: Registry::default(),
         };
         registry.register(
@@ -133,6 +163,26 @@ impl Metrics {
             "leader",
             "1 while this replica leads",
             metrics.leader.clone(),
+        );
+        registry.register(
+            "mirror_runs",
+            "Mirror passes by trigger and result",
+            metrics.mirror_runs.clone(),
+        );
+        registry.register(
+            "mirror_actions",
+            "Mirror writes to devices by action and result",
+            metrics.mirror_actions.clone(),
+        );
+        registry.register(
+            "mirror_failures",
+            "Failed mirror writes by error category",
+            metrics.mirror_failures.clone(),
+        );
+        registry.register(
+            "mirror_run_duration_seconds",
+            "Duration of a mirror pass",
+            metrics.mirror_run_seconds.clone(),
         );
         Metrics {
             registry,

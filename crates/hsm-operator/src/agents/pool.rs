@@ -237,6 +237,7 @@ pub struct AgentPool {
     devices: Arc<Devices>,
     shared: Arc<Shared>,
     health_interval: Duration,
+    backoff: (Duration, Duration),
 }
 
 impl Default for AgentPool {
@@ -255,7 +256,15 @@ impl AgentPool {
                 progress: watch::Sender::new(0),
             }),
             health_interval: HEALTH_INTERVAL,
+            backoff: (MIN_BACKOFF, MAX_BACKOFF),
         }
+    }
+
+    /// Sets the bounds of the backoff between attempts to reach an agent that failed
+    /// (before any device is inserted; tests that take agents down and up use short ones).
+    pub fn with_reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = (min, max.max(min));
+        self
     }
 
     /// Sets how often followers ask their agent whether its token session works (before any
@@ -299,6 +308,7 @@ impl AgentPool {
             Arc::downgrade(&slot),
             self.shared.clone(),
             self.health_interval,
+            self.backoff,
         ));
         *slot.follower.lock() = Some(task);
         devices.insert(key.to_owned(), slot);
@@ -337,6 +347,13 @@ impl AgentPool {
         self.shared.changes.subscribe()
     }
 
+    /// A signal that moves whenever a device is added, removed, takes a snapshot or changes
+    /// health, including changes that concern no secret name (an empty device becoming
+    /// healthy), which [`AgentPool::subscribe`] does not announce.
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.shared.progress.subscribe()
+    }
+
     /// Waits until no device is still connecting, or `timeout` passes; true when none is.
     pub async fn settled(&self, timeout: Duration) -> bool {
         let mut progress = self.shared.progress.subscribe();
@@ -361,13 +378,18 @@ impl AgentPool {
 
 /// Follows one device until its slot is dropped: snapshot, stream, and on any failure a new
 /// snapshot after a backoff.
-async fn follow(slot: std::sync::Weak<DeviceSlot>, shared: Arc<Shared>, health_interval: Duration) {
-    let mut backoff = MIN_BACKOFF;
+async fn follow(
+    slot: std::sync::Weak<DeviceSlot>,
+    shared: Arc<Shared>,
+    health_interval: Duration,
+    (min_backoff, max_backoff): (Duration, Duration),
+) {
+    let mut backoff = min_backoff;
     loop {
         let Some(device) = slot.upgrade() else { return };
         match follow_once(&device, &shared, health_interval).await {
             // A resync asked for: take a new snapshot at once.
-            Ok(()) => backoff = MIN_BACKOFF,
+            Ok(()) => backoff = min_backoff,
             Err(error) => {
                 device.set_health(
                     DeviceHealth::Unavailable {
@@ -377,7 +399,7 @@ async fn follow(slot: std::sync::Weak<DeviceSlot>, shared: Arc<Shared>, health_i
                 );
                 drop(device);
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = (backoff * 2).min(max_backoff);
             }
         }
     }
