@@ -10,6 +10,7 @@ use crate::pki::{self, PkiConfig};
 use crate::secret::{self, build::Identity};
 use crate::telemetry::{Metrics, Readiness, serve_metrics, serve_probes};
 use crate::{device, pool};
+use crate::mirror::{self, Mirror};
 use crate::{images, placement};
 use anyhow::{Context as _, bail};
 use futures::FutureExt as _;
@@ -90,6 +91,8 @@ pub async fn run_with(cli: Cli, client: kube::Client) -> anyhow::Result<()> {
     }
     readiness.set_ready();
 
+    // The mirror runs on the leader; its handle answers manual passes on every replica.
+    let mirror = Mirror::new(pool.clone(), metrics.clone(), mirror::Config::from(&cli));
     let (leader_metrics, lease_client) = (metrics.clone(), client.clone());
     let discovery_image =
         images::resolve(&client, &namespace, &cli.discovery_image, "hsm-discovery").await;
@@ -123,13 +126,14 @@ pub async fn run_with(cli: Cli, client: kube::Client) -> anyhow::Result<()> {
                 shutdown.clone(),
             )
         });
+        let mirroring = mirror::run(mirror, shutdown.clone());
         async move {
             let placement = async move {
                 if let Some(placement) = placement {
                     placement.await;
                 }
             };
-            tokio::join!(secrets, devices(shutdown), placement);
+            tokio::join!(secrets, devices(shutdown), placement, mirroring);
         }
     };
     if cli.leader_elect {
