@@ -1,8 +1,10 @@
 //! The manager's wiring: Kubernetes client, identity, metrics and probes, the agents' mTLS
-//! material, the agent pool, and the controllers — under leader election when asked.
+//! material, the agent pool, the REST API (on every replica, before leader election), and
+//! the controllers — under leader election when asked.
 
 use crate::agents::AgentPool;
 use crate::agents::grpc::{ClientTls, GrpcAgent};
+use crate::api;
 use crate::cli::{Cli, Mode, bind_address};
 use crate::leader::{LeaseSettings, lead};
 use crate::pki::{self, PkiConfig};
@@ -68,6 +70,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         });
     }
+    if cli.enable_api {
+        start_api(&client, &cli, &namespace, &pool).await?;
+    }
     readiness.set_ready();
 
     let (leader_metrics, lease_client) = (metrics.clone(), client.clone());
@@ -116,6 +121,34 @@ fn serve_telemetry(
             }
         });
     }
+    Ok(())
+}
+
+/// The REST API, on every replica (not only the leader): it reads and writes through the
+/// agent pool, which every replica follows.
+async fn start_api(
+    client: &kube::Client,
+    cli: &Cli,
+    namespace: &str,
+    pool: &AgentPool,
+) -> anyhow::Result<()> {
+    let core = api::core(api::Setup {
+        client: client.clone(),
+        namespace: namespace.to_owned(),
+        jwt_secret: cli.api_jwt_secret.clone(),
+        pool: pool.clone(),
+        mirror: None,
+        settings: api::AuthSettings::default(),
+    })
+    .await
+    .context("the REST API's token signing key")?;
+    let addr = match bind_address(&cli.api_bind_address).map_err(anyhow::Error::msg)? {
+        Some(addr) => addr,
+        None => std::net::SocketAddr::from(([0, 0, 0, 0], cli.api_port)),
+    };
+    api::start(addr, core)
+        .await
+        .with_context(|| format!("binding the REST API on {addr}"))?;
     Ok(())
 }
 
