@@ -1013,3 +1013,43 @@ async fn every_documented_route_is_served_with_cors_and_options() {
             .all(|i| i["serialNumber"].is_string() && i["manufacturer"].is_string())
     );
 }
+
+#[tokio::test]
+async fn replicas_starting_together_share_one_signing_key_and_a_broken_one_is_not_overwritten() {
+    use hsm_operator::api::auth::UserInfo;
+    use hsm_operator::api::auth::jwt::{JwtKey, KeyError};
+    let cluster = cluster().await;
+    let load = || JwtKey::load_or_create(&cluster.client, OPERATOR_NS, "api-key");
+    let (a, b, c) = tokio::join!(load(), load(), load());
+    let user = UserInfo {
+        username: "system:serviceaccount:apps:x".into(),
+        uid: "u".into(),
+        groups: vec!["system:serviceaccounts".into()],
+    };
+    let (token, _) = a.unwrap().issue(
+        &user,
+        ("apps", "x"),
+        chrono::Utc::now(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(b.unwrap().verify(&token).unwrap(), user);
+    assert_eq!(c.unwrap().verify(&token).unwrap(), user);
+
+    cluster
+        .emulator
+        .create_object(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "broken-key", "namespace": OPERATOR_NS},
+            "data": {"signing-key": "c2hvcnQ="}}))
+        .unwrap();
+    let broken = JwtKey::load_or_create(&cluster.client, OPERATOR_NS, "broken-key").await;
+    assert!(
+        matches!(broken, Err(KeyError::Malformed { .. })),
+        "{broken:?}"
+    );
+    let secrets = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+        cluster.client.clone(),
+        OPERATOR_NS,
+    );
+    let kept = secrets.get("broken-key").await.unwrap();
+    assert_eq!(kept.data.unwrap()["signing-key"].0, b"short");
+}
