@@ -175,6 +175,29 @@ fn rbac_grants_each_component_what_it_uses() {
     }
     assert!(!manager.iter().any(|g| g.contains('*')), "{manager:?}");
     assert!(!manager.contains("hsm.j5t.io/hsmdevices:update"));
+    // Users of the REST API: the manager authorises them by SubjectAccessReview on these.
+    let editor = rules("ClusterRole", "hsm-secrets-operator-hsmsecret-editor");
+    for grant in [
+        "hsm.j5t.io/hsmsecrets:create",
+        "hsm.j5t.io/hsmsecrets:update",
+        "hsm.j5t.io/hsmsecrets:delete",
+        "hsm.j5t.io/hsmsecrets/mirror:create",
+    ] {
+        assert!(editor.contains(grant), "the editor lacks {grant}");
+    }
+    assert!(!editor.iter().any(|g| g.contains("pin")), "{editor:?}");
+    let viewer = rules("ClusterRole", "hsm-secrets-operator-hsmsecret-viewer");
+    assert!(viewer.contains("hsm.j5t.io/hsmsecrets:get"));
+    assert!(viewer.contains("hsm.j5t.io/hsmdevices:get"));
+    assert!(
+        !viewer
+            .iter()
+            .any(|g| g.ends_with(":create") || g.ends_with(":update"))
+    );
+    assert_eq!(
+        rules("ClusterRole", "hsm-secrets-operator-pin-admin"),
+        BTreeSet::from(["hsm.j5t.io/hsmdevices/pin:update".to_owned()])
+    );
     let leases = rules("Role", "hsm-secrets-operator-leader-election");
     assert!(leases.contains("coordination.k8s.io/leases:update"));
     let expect = |got: BTreeSet<String>, want: &[&str]| {

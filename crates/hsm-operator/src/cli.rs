@@ -76,6 +76,13 @@ pub struct Cli {
     /// Port of the REST API.
     #[arg(long, default_value_t = hsm_api::names::ports::MANAGER_API)]
     pub api_port: u16,
+    /// Where the REST API listens, as `HOST:PORT` (default: every address, `--api-port`).
+    #[arg(long, default_value = "")]
+    pub api_bind_address: String,
+    /// The Secret (in the manager's namespace) holding the key the REST API signs its
+    /// tokens with; made by the first replica that starts, shared by all.
+    #[arg(long, default_value = crate::api::JWT_SECRET)]
+    pub api_jwt_secret: String,
     /// Image of agent pods (empty: the manager's own image's sibling).
     #[arg(long, default_value = "")]
     pub agent_image: String,

@@ -3,6 +3,7 @@
 //!
 //! - [`agents`]: one device's agent as a port trait, the gRPC client (mTLS) implementing it,
 //!   and the pool that follows every device's index through its change stream.
+//! - [`api`]: the REST API (every replica), with TokenReview/SubjectAccessReview auth.
 //! - [`resolve`]: which device's copy wins when devices disagree (pure).
 //! - [`secret`]: the HSMSecret controller (dereference → build → apply → status).
 //! - [`device`]: per HSMDevice, its discovery DaemonSet and HSMPool (and the agent builder);
@@ -17,6 +18,7 @@
 //! - [`cli`] and [`run`]: the `--mode=manager` command line and the wiring.
 
 pub mod agents;
+pub mod api;
 pub mod apply;
 pub mod cli;
 pub mod device;

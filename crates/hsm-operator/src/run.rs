@@ -1,16 +1,18 @@
 //! The manager's wiring: Kubernetes client, identity, metrics and probes, the agents' mTLS
-//! material, the agent pool, and the controllers — under leader election when asked.
+//! material, the agent pool, the REST API (on every replica, before leader election), and
+//! the controllers — under leader election when asked.
 
 use crate::agents::AgentPool;
 use crate::agents::endpoints::{Endpoints, follow_agent_pods};
 use crate::agents::grpc::ClientTls;
+use crate::api;
 use crate::cli::{Cli, Mode, bind_address};
 use crate::leader::{LeaseSettings, lead};
+use crate::mirror::{self, Mirror};
 use crate::pki::{self, PkiConfig};
 use crate::secret::{self, build::Identity};
 use crate::telemetry::{Metrics, Readiness, serve_metrics, serve_probes};
 use crate::{device, pool};
-use crate::mirror::{self, Mirror};
 use crate::{images, placement};
 use anyhow::{Context as _, bail};
 use futures::FutureExt as _;
@@ -89,10 +91,13 @@ pub async fn run_with(cli: Cli, client: kube::Client) -> anyhow::Result<()> {
         // Every replica follows the agents (the REST API reads through them on all).
         tokio::spawn(follow_agent_pods(client.clone(), endpoints.clone()));
     }
-    readiness.set_ready();
-
     // The mirror runs on the leader; its handle answers manual passes on every replica.
     let mirror = Mirror::new(pool.clone(), metrics.clone(), mirror::Config::from(&cli));
+    if cli.enable_api {
+        start_api(&client, &cli, &namespace, &pool, &mirror).await?;
+    }
+    readiness.set_ready();
+
     let (leader_metrics, lease_client) = (metrics.clone(), client.clone());
     let discovery_image =
         images::resolve(&client, &namespace, &cli.discovery_image, "hsm-discovery").await;
@@ -197,6 +202,35 @@ fn serve_telemetry(
             }
         });
     }
+    Ok(())
+}
+
+/// The REST API, on every replica (not only the leader): it reads and writes through the
+/// agent pool, which every replica follows.
+async fn start_api(
+    client: &kube::Client,
+    cli: &Cli,
+    namespace: &str,
+    pool: &AgentPool,
+    mirror: &Mirror,
+) -> anyhow::Result<()> {
+    let core = api::core(api::Setup {
+        client: client.clone(),
+        namespace: namespace.to_owned(),
+        jwt_secret: cli.api_jwt_secret.clone(),
+        pool: pool.clone(),
+        mirror: Some(Arc::new(mirror.clone())),
+        settings: api::AuthSettings::default(),
+    })
+    .await
+    .context("the REST API's token signing key")?;
+    let addr = match bind_address(&cli.api_bind_address).map_err(anyhow::Error::msg)? {
+        Some(addr) => addr,
+        None => std::net::SocketAddr::from(([0, 0, 0, 0], cli.api_port)),
+    };
+    api::start(addr, core)
+        .await
+        .with_context(|| format!("binding the REST API on {addr}"))?;
     Ok(())
 }
 

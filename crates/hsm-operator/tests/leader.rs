@@ -1,12 +1,16 @@
 //! High availability: two manager processes (the real binary) against the API emulator over
 //! HTTP. One leads; when it is killed the other takes over within the Lease's duration, and
-//! one HSM change is written to the Secret exactly once.
+//! one HSM change is written to the Secret exactly once. Both serve the REST API meanwhile.
 
 mod common;
 
+use bytes::Bytes;
 use common::*;
 use futures::StreamExt;
 use hsm_operator::agents::AgentApi;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
@@ -25,7 +29,7 @@ struct Manager {
 }
 
 impl Manager {
-    fn start(name: &str, kubeconfig: &std::path::Path, agent_url: &str) -> Manager {
+    fn start(name: &str, kubeconfig: &std::path::Path, agent_url: &str, api_port: u16) -> Manager {
         let mut command = Command::new(env!("CARGO_BIN_EXE_hsm-operator"));
         command
             .args([
@@ -36,6 +40,7 @@ impl Manager {
                 "--metrics-bind-address=0",
                 "--health-probe-bind-address=0",
                 &format!("--agent-endpoint=softhsm={agent_url}"),
+                &format!("--api-bind-address=127.0.0.1:{api_port}"),
             ])
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", OPERATOR_NS)
@@ -94,11 +99,38 @@ async fn the_other_replica_takes_over_and_no_change_is_written_twice() {
         .await
         .unwrap();
 
-    let mut a = Manager::start("manager-a", &kubeconfig, &agent.url());
+    let ports = [free_port(), free_port()];
+    let mut a = Manager::start("manager-a", &kubeconfig, &agent.url(), ports[0]);
     secret_holds(&cluster.client, "ha", &[("v", "1")]).await;
-    let mut b = Manager::start("manager-b", &kubeconfig, &agent.url());
+    let mut b = Manager::start("manager-b", &kubeconfig, &agent.url(), ports[1]);
     let first = holder(&cluster.client).await.expect("a leader");
     assert!(first.starts_with("manager-a-"), "{first}");
+    // Both replicas serve the REST API, the follower too (the Go API was leader-only).
+    for port in ports {
+        let url = format!("http://127.0.0.1:{port}/api/v1/health");
+        eventually(
+            Duration::from_secs(10),
+            &format!("the API on {port}"),
+            || {
+                let url = url.clone();
+                async move {
+                    let client =
+                        HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+                    let request = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+                    match client.request(request).await {
+                        Ok(response) if response.status() == StatusCode::OK => Some(()),
+                        _ => None,
+                    }
+                }
+            },
+        )
+        .await;
+        let (status, _, body) = call(Method::GET, &url, None, None).await;
+        assert_eq!(
+            (status, body["success"].clone()),
+            (StatusCode::OK, json!(true))
+        );
+    }
 
     // Count every write to the Secret from here on.
     let secrets = Api::<Secret>::namespaced(cluster.client.clone(), APPS);

@@ -191,6 +191,21 @@ where
         Ok(response.hsm_info.unwrap_or_default())
     }
 
+    async fn change_pin(
+        &self,
+        old_pin: &secrecy::SecretString,
+        new_pin: &secrecy::SecretString,
+    ) -> Result<(), AgentError> {
+        use secrecy::ExposeSecret;
+        self.client()
+            .change_pin(request(ChangePinRequest {
+                old_pin: old_pin.expose_secret().to_owned(),
+                new_pin: new_pin.expose_secret().to_owned(),
+            }))
+            .await?;
+        Ok(())
+    }
+
     async fn healthy(&self) -> Result<bool, AgentError> {
         let mut call = request(IsConnectedRequest {});
         call.set_timeout(Duration::from_secs(5));

@@ -124,4 +124,17 @@ pub trait AgentApi: Send + Sync + 'static {
     async fn info(&self) -> Result<HsmInfo, AgentError>;
     /// The agent's own health: `Ok(true)` when it holds a working token session.
     async fn healthy(&self) -> Result<bool, AgentError>;
+    /// Changes the token's user PIN. Agents that cannot (an implementation without a
+    /// token) answer `Unimplemented`.
+    async fn change_pin(
+        &self,
+        old_pin: &secrecy::SecretString,
+        new_pin: &secrecy::SecretString,
+    ) -> Result<(), AgentError> {
+        let _ = (old_pin, new_pin);
+        Err(AgentError::Status {
+            code: tonic::Code::Unimplemented,
+            message: "this agent cannot change a PIN".into(),
+        })
+    }
 }

@@ -11,6 +11,7 @@
 //!   devices becoming healthy at any time, and from a periodic safety net. A pass where the
 //!   devices agree costs no agent call at all.
 
+mod control;
 pub mod execute;
 pub mod plan;
 mod summary;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+pub use control::api_summary;
 pub use summary::{ActionReport, ActionResult, Summary, Trigger};
 
 /// When passes run.

@@ -2,14 +2,19 @@
 //! SoftHSM2 tokens behind real gRPC with mTLS, and the controller running in process.
 #![allow(dead_code)]
 
+use bytes::Bytes;
 use hsm_api::secret::HSMSecret;
 use hsm_operator::agents::{AgentApi, AgentPool};
 use hsm_operator::secret::build::Identity;
 use hsm_operator::telemetry::Metrics;
 pub use hsm_operator::testing::*;
+use http_body_util::{BodyExt, Full};
+pub use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -133,4 +138,42 @@ pub async fn secret_holds(client: &kube::Client, name: &str, expected: &[(&str, 
         },
     )
     .await
+}
+
+/// One HTTP request: status, headers and the JSON body (`null` when empty).
+pub async fn call(
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (StatusCode, HeaderMap, Value) {
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let json = match bytes.is_empty() {
+        true => Value::Null,
+        false => serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
+    };
+    (parts.status, parts.headers, json)
+}
+
+/// A loopback port free now (for a process that binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
