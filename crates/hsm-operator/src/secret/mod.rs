@@ -10,6 +10,7 @@
 //! no secret value at all.
 
 pub mod build;
+pub mod events;
 pub mod index;
 mod rollout;
 mod sync;
@@ -25,8 +26,7 @@ use index::NameIndex;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -77,7 +77,7 @@ pub struct Context {
     /// Which HSMSecrets are this manager's.
     pub identity: Identity,
     /// Events on HSMSecrets.
-    pub recorder: Recorder,
+    pub recorder: events::EventRecorder,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// HSM name → HSMSecrets.
@@ -179,6 +179,13 @@ pub fn managed_secrets() -> watcher::Config {
     watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, APP_NAME))
 }
 
+/// How many HSMSecrets are reconciled at once. Unbounded (kube's default), a first sync or a
+/// safety-net round of 10 000 HSMSecrets starts 10 000 reconciles together, each holding its
+/// objects, its futures and its own HTTP/1.1 connection to the API server: the memory of
+/// that burst, not the caches, was most of the manager's RSS. Reconciles wait on the API
+/// server and the agents, so a few dozen keep both busy.
+pub const RECONCILE_CONCURRENCY: u16 = 32;
+
 /// Everything the controller needs besides the shared parts.
 pub struct Setup {
     /// Kubernetes client.
@@ -230,13 +237,7 @@ pub async fn run(
     .touched_objects();
 
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: APP_NAME.into(),
-                instance: None,
-            },
-        ),
+        recorder: events::EventRecorder::new(client.clone(), APP_NAME),
         client,
         pool: pool.clone(),
         identity,
@@ -248,6 +249,7 @@ pub async fn run(
     });
     let (triggers, resync_all) = agent_triggers(pool, index, ctx.clone());
     Controller::for_stream(hsm_stream, hsm_reader)
+        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .owns_stream(secret_stream)
         .reconcile_on(triggers)
         .reconcile_all_on(resync_all)
