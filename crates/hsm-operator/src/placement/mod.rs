@@ -12,6 +12,7 @@ pub mod gate;
 pub mod plan;
 
 use crate::secret::FIELD_MANAGER;
+use crate::secret::events::EventRecorder;
 use futures::StreamExt;
 use hsm_api::device::HSMDevice;
 use hsm_api::names::{APP_NAME, components, labels};
@@ -22,7 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -47,7 +48,7 @@ pub enum Error {
 struct Context {
     client: Client,
     settings: Settings,
-    recorder: Recorder,
+    recorder: EventRecorder,
     devices: Store<DeserializeGuard<HSMDevice>>,
     agents: Store<Deployment>,
     agent_pods: Store<Pod>,
@@ -281,13 +282,7 @@ pub async fn run(
     let (daemon_sets, daemon_set_stream) =
         cached::<DaemonSet>(&client, labelled(components::DISCOVERY));
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: APP_NAME.into(),
-                instance: None,
-            },
-        ),
+        recorder: EventRecorder::new(client.clone(), APP_NAME),
         client: client.clone(),
         settings,
         devices,
