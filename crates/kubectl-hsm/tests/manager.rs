@@ -55,10 +55,13 @@ async fn the_plugin_writes_reads_lists_and_deletes_through_the_manager_on_every_
     });
     let server = format!("http://127.0.0.1:{port}");
     let plugin = Plugin::new(&server, &cluster.emulator.admin_token());
-    until("the manager's REST API to see both devices healthy", async || {
-        let out = plugin.cmd(&["health", "-o", "json"]).output().unwrap();
-        out.status.success()
-    })
+    until(
+        "the manager's REST API to see both devices healthy",
+        async || {
+            let out = plugin.cmd(&["health", "-o", "json"]).output().unwrap();
+            out.status.success()
+        },
+    )
     .await;
 
     // create → on both devices, and the HSMSecret's Secret holds it.

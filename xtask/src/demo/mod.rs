@@ -24,8 +24,9 @@ const NODE: &str = "demo-node";
 /// The serial of the Pico HSM in the fixture sysfs tree discovery reads.
 const SERIAL: &str = "DC6A33145E23A42A";
 /// What the demo builds and runs.
-const BINARIES: [&str; 6] = [
+const BINARIES: [&str; 7] = [
     "hsmctl",
+    "kubectl-hsm",
     "api-emulator",
     "hsm-operator",
     "hsm-agent",
@@ -281,15 +282,53 @@ pub fn run(root: &Path, keep: bool) -> Result<()> {
         started.elapsed().as_millis()
     ));
 
+    step("The kubectl plugin, against the same manager");
+    let token_file = dirs.dev.join("api-token");
+    write_private(&token_file, &token)?;
+    let plugin = bin("kubectl-hsm")?;
+    let server = format!("http://127.0.0.1:{}", ports.api);
+    let plugin_args = |args: &[&str]| -> Vec<String> {
+        let mut all = vec![
+            "--server".to_owned(),
+            server.clone(),
+            "--token-file".to_owned(),
+            path(&token_file),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        all
+    };
+    for args in [&["list"][..], &["get", SECRET]] {
+        println!(
+            "$ kubectl-hsm --server {server} --token-file .dev/api-token {}",
+            args.join(" ")
+        );
+        let output = Command::new(&plugin)
+            .args(plugin_args(args))
+            .env("HOME", &dirs.dev)
+            .output()
+            .context("cannot run kubectl-hsm")?;
+        if !output.status.success() {
+            bail!(
+                "kubectl-hsm {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        println!("{}", String::from_utf8_lossy(&output.stdout).trim_end());
+    }
+
     step("What you can do now");
     println!(
-        "  export KUBECONFIG={}\n  kubectl get hsmsecrets -A; kubectl get hsmpools -n {OPERATOR_NS}\n  \
+        "  export KUBECONFIG={kubeconfig}\n  \
+         kubectl get hsmsecrets -A; kubectl get hsmpools -n {OPERATOR_NS}\n  \
          kubectl get secret {SECRET} -n {APPS_NS} -o yaml\n  \
-         curl -H \"Authorization: Bearer $(kubectl config view --raw -o jsonpath='{{.users[0].user.token}}')\" \\\n    \
-         http://127.0.0.1:{}/api/v1/hsm/secrets\n  logs: {}",
-        dirs.kubeconfig().display(),
-        ports.api,
-        dirs.logs.display()
+         curl -H \"Authorization: Bearer $(cat {token})\" {server}/api/v1/hsm/secrets\n  \
+         {plugin} --server {server} --token-file {token} create my-secret --from-literal key=value\n  \
+         logs: {logs}",
+        kubeconfig = dirs.kubeconfig().display(),
+        token = token_file.display(),
+        plugin = plugin.display(),
+        logs = dirs.logs.display()
     );
     if keep {
         println!("\nEverything keeps running until Ctrl-C.");
