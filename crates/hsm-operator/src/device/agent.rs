@@ -3,16 +3,15 @@
 //! arguments, probes, resources, security context and volumes — and, unlike the Go manager,
 //! owned by the HSMDevice, so deleting the device removes its agents.
 
+use super::{field_env, quantity};
 use hsm_api::device::HSMDevice;
 use hsm_api::names::{components, env, labels, mtls, ports, resource_name};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Affinity, Capabilities, Container, ContainerPort, HTTPGetAction, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -97,10 +96,6 @@ pub fn agent_args(spec: &AgentSpec<'_>) -> Vec<String> {
     args
 }
 
-fn quantity(value: &str) -> Quantity {
-    Quantity(value.to_owned())
-}
-
 fn probe(path: &str, initial: i32, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -112,20 +107,6 @@ fn probe(path: &str, initial: i32, period: i32, failures: i32) -> Probe {
         period_seconds: Some(period),
         timeout_seconds: Some(3),
         failure_threshold: Some(failures),
-        ..Default::default()
-    }
-}
-
-fn field_env(name: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
         ..Default::default()
     }
 }

@@ -10,6 +10,7 @@
 //! runner that maps the mounts elsewhere (the local pod runner) can rewrite them.
 
 use super::agent::owned_by_device;
+use super::{field_env, quantity};
 use hsm_api::device::HSMDevice;
 use hsm_api::names::{APP_NAME, TOLERATION_KEY, annotations, components, env, labels};
 use hsm_api::pool::{HSMPool, HSMPoolSpec};
@@ -17,11 +18,10 @@ use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HostPathVolumeSource,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SeccompProfile, SecurityContext, Toleration, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+    SecurityContext, Toleration, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -115,20 +115,6 @@ fn component_labels(component: &str, device: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn field_env(name: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn value_env(name: &str, value: String) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -218,10 +204,6 @@ pub fn pod_security(test_mode: bool) -> PodSecurityContext {
             ..Default::default()
         }
     }
-}
-
-fn quantity(value: &str) -> Quantity {
-    Quantity(value.to_owned())
 }
 
 fn discovery_container(spec: &DiscoverySpec<'_>, mounts: Vec<VolumeMount>) -> Container {

@@ -1,6 +1,7 @@
 //! The agent Deployment against §6.3, field by field.
 
 use super::*;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 fn device() -> HSMDevice {
     let mut device: HSMDevice = serde_json::from_value(serde_json::json!({

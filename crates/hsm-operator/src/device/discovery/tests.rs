@@ -2,6 +2,7 @@
 
 use super::*;
 use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::json;
 
 fn device(extra: serde_json::Value) -> HSMDevice {
