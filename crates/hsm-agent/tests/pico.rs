@@ -342,7 +342,10 @@ async fn a_card_pulled_during_a_stream_of_grpc_writes_loses_nothing_acknowledged
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     puller.join().unwrap();
-    assert!(failed > 0, "the card was never seen gone");
+    // Whether a write is refused depends on where a pull lands: a write caught by one is
+    // answered once recovery has decided its outcome, often as a success. That every pull
+    // was seen is the connection count below; `failed` is only reported.
+    eprintln!("{failed} writes refused across the pulls");
     assert_eq!(
         device.connections(),
         4,
