@@ -7,6 +7,8 @@
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
 
 /// The manager's REST port.
 pub const API_PORT: u16 = 8090;
@@ -283,6 +285,15 @@ pub struct Forward {
     /// Where to connect.
     pub local: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    failures: watch::Receiver<Option<String>>,
+}
+
+impl Forward {
+    /// The last reason a forwarded connection failed, as the API server gave it on the
+    /// tunnel's error channel (e.g. nothing listens on the pod's port).
+    pub fn failures(&self) -> watch::Receiver<Option<String>> {
+        self.failures.clone()
+    }
 }
 
 impl Drop for Forward {
@@ -301,31 +312,50 @@ pub async fn port_forward(
     local_port: u16,
 ) -> Result<Forward, ConnectError> {
     let pods: Api<Pod> = Api::namespaced(kube.client.clone(), namespace);
-    let first = dial(&pods, pod)
-        .await
-        .map_err(|source| ConnectError::PortForward {
-            namespace: namespace.to_owned(),
-            pod: pod.to_owned(),
-            source,
-        })?;
+    let (report, failures) = watch::channel(None);
+    let report = Arc::new(report);
+    let first =
+        dial(&pods, pod, report.clone())
+            .await
+            .map_err(|source| ConnectError::PortForward {
+                namespace: namespace.to_owned(),
+                pod: pod.to_owned(),
+                source,
+            })?;
     let pod = pod.to_owned();
-    bridge(local_port, first, move || {
-        let (pods, pod) = (pods.clone(), pod.clone());
-        async move { dial(&pods, &pod).await }
+    let mut forward = bridge(local_port, first, move || {
+        let (pods, pod, report) = (pods.clone(), pod.clone(), report.clone());
+        async move { dial(&pods, &pod, report).await }
     })
     .await
     .map_err(|source| ConnectError::Listen {
         port: local_port,
         source,
-    })
+    })?;
+    forward.failures = failures;
+    Ok(forward)
 }
 
-/// One connection to the pod's API port through the Kubernetes API (WebSocket).
-async fn dial(pods: &Api<Pod>, pod: &str) -> Result<tokio::io::DuplexStream, kube::Error> {
+/// One connection to the pod's API port through the Kubernetes API (WebSocket); what the
+/// API server says on the port's error channel goes to `report`.
+async fn dial(
+    pods: &Api<Pod>,
+    pod: &str,
+    report: Arc<watch::Sender<Option<String>>>,
+) -> Result<tokio::io::DuplexStream, kube::Error> {
     let mut forwarder = pods.portforward(pod, &[API_PORT]).await?;
     let stream = forwarder
         .take_stream(API_PORT)
         .expect("the stream of the one port asked for");
+    let error = forwarder
+        .take_error(API_PORT)
+        .expect("the error channel of the one port asked for");
+    tokio::spawn(async move {
+        if let Some(message) = error.await {
+            tracing::debug!("port-forward error: {message}");
+            report.send_replace(Some(message));
+        }
+    });
     // The forwarder's task ends when the stream is closed.
     tokio::spawn(async move {
         if let Err(e) = forwarder.join().await {
@@ -370,7 +400,11 @@ where
             });
         }
     });
-    Ok(Forward { local, task })
+    Ok(Forward {
+        local,
+        task,
+        failures: watch::channel(None).1,
+    })
 }
 
 #[cfg(test)]

@@ -262,7 +262,8 @@ pub async fn connect(global: &Global) -> Result<Session, Failure> {
         forward.local,
         connect::API_PORT
     );
-    let transport = Transport::new(&format!("http://{}", forward.local), global.timeout, None)?;
+    let transport = Transport::new(&format!("http://{}", forward.local), global.timeout, None)?
+        .through_tunnel(forward.failures());
     let manager = format!(
         "{} service {namespace}/{}",
         kube.cluster,

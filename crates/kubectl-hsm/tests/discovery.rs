@@ -23,6 +23,8 @@ use support::{Plugin, run};
 
 /// The manager's REST port, which the plugin forwards to.
 const API_PORT: u16 = 8090;
+/// A namespace with the Service and a manager pod where nothing listens.
+const OTHER_NS: &str = "broken";
 /// The plugin user's bearer token (a static token of the emulator).
 const USER_TOKEN: &str = "plugin-user-token";
 
@@ -61,12 +63,12 @@ fn pod_ip(port: u16) -> IpAddr {
 }
 
 /// A manager pod bound to node `local`, Running, Ready as asked, with `ip` as its podIP.
-async fn manager_pod(client: &kube::Client, name: &str, ip: IpAddr, ready: bool) {
-    let pods = Api::<Pod>::namespaced(client.clone(), OPERATOR_NS);
+async fn manager_pod(client: &kube::Client, namespace: &str, name: &str, ip: IpAddr, ready: bool) {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
     pods.create(
         &Default::default(),
         &serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": OPERATOR_NS, "labels": {
+            "metadata": {"name": name, "namespace": namespace, "labels": {
                 "app.kubernetes.io/name": "hsm-secrets-operator",
                 "control-plane": "controller-manager"}},
             "spec": {"nodeName": "local",
@@ -219,8 +221,8 @@ async fn without_server_the_plugin_finds_the_manager_and_port_forwards_to_it() {
     // The Service in the operator's namespace, a Ready manager pod at the manager's address
     // and, first by name, a Running but unready one where nothing listens.
     api_service(&cluster, OPERATOR_NS);
-    manager_pod(&client, "manager-a", pod_ip(API_PORT), false).await;
-    manager_pod(&client, "manager-b", ip, true).await;
+    manager_pod(&client, OPERATOR_NS, "manager-a", pod_ip(API_PORT), false).await;
+    manager_pod(&client, OPERATOR_NS, "manager-b", ip, true).await;
 
     // Found by the search; written, listed and read through the port-forward.
     run(
@@ -314,6 +316,29 @@ async fn without_server_the_plugin_finds_the_manager_and_port_forwards_to_it() {
     assert!(
         ran.stderr
             .contains("not found in namespace elsewhere (given with -n)"),
+        "{}",
+        ran.stderr
+    );
+
+    // A Ready pod whose API port refuses: the API server's reason, not a closed connection.
+    cluster
+        .emulator
+        .create_object(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OTHER_NS}}),
+        )
+        .unwrap();
+    api_service(&cluster, OTHER_NS);
+    let silent = pod_ip(API_PORT);
+    manager_pod(&client, OTHER_NS, "manager-0", silent, true).await;
+    let ran = run(plugin.bare(&["list", "-n", OTHER_NS]), "")
+        .code(3)
+        .one_line_error();
+    assert!(
+        ran.stderr.contains(&format!(
+            "the port-forward failed: error forwarding port 8090 to pod manager-0_{OTHER_NS}"
+        )) && ran
+            .stderr
+            .contains(&format!("failed to connect to {silent}:8090")),
         "{}",
         ran.stderr
     );
