@@ -390,3 +390,43 @@ async fn stopping_the_server_ends_its_tunnels() {
     let ended = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
     assert!(ended.is_ok(), "the tunnel outlived its server");
 }
+
+/// `kubectl port-forward` speaks SPDY (over a WebSocket tunnel first, then plain): neither
+/// is served, and kubectl says so instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_port_forward_is_told_spdy_is_not_served() {
+    let emu = Emulator::builder().audit(true).build();
+    let server = emu.serve(0).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let listener = pod_listener().await;
+    let addr = listener.local_addr().unwrap();
+    running_pod(&emu, "web", addr.ip()).await;
+    let out = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["port-forward", "pod/web", &format!(":{}", addr.port())])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("kubectl gives up rather than hanging")
+        .expect("kubectl runs");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("SPDY upgrades are not served by the emulator"),
+        "{text}"
+    );
+    // Both of kubectl's attempts reached the port-forward and were refused before an upgrade.
+    let codes: Vec<(String, u16)> = emu
+        .audit_log()
+        .into_iter()
+        .filter(|e| e.subresource == "portforward")
+        .map(|e| (e.verb, e.code))
+        .collect();
+    assert!(codes.contains(&("create".to_string(), 400)), "{codes:?}");
+    assert!(codes.iter().all(|(_, code)| *code == 400), "{codes:?}");
+}
