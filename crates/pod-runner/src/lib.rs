@@ -63,13 +63,15 @@ mod config;
 mod controller;
 pub mod desired;
 pub mod plan;
+pub mod podman;
 pub mod probe;
 pub mod status;
 mod supervisor;
 
 pub use addresses::AddressError;
-pub use backend::{Backend, BackendError, Launch, LocalProcesses, Running};
-pub use config::{HostPaths, ImageTable, PairError, RunnerConfig};
+pub use backend::{Backend, BackendError, Launch, LocalProcesses, PodRef, Running, Sandbox};
+pub use config::{ContainerImages, HostPaths, ImageTable, PairError, RunnerConfig, Runtime};
+pub use podman::{Podman, PodmanConfig};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -100,13 +102,23 @@ pub struct PodRunner {
 }
 
 impl PodRunner {
-    /// Starts running the cluster's pods for `config.node_name` as local processes. Must be
-    /// called inside a Tokio runtime.
+    /// Starts running the cluster's pods for `config.node_name`, as local processes or, with
+    /// [`Runtime::Containers`], as Podman containers (a [`Podman`] backend whose id is the
+    /// node's name, set up when the first pod starts). Must be called inside a Tokio runtime.
     pub fn start(client: kube::Client, config: RunnerConfig) -> Result<Self, RunnerError> {
-        Self::start_with(client, config, Arc::new(LocalProcesses::new()))
+        let backend: Arc<dyn Backend> = match config.runtime {
+            Runtime::Processes => Arc::new(LocalProcesses::with_address_locks(
+                config.address_locks.clone(),
+            )),
+            Runtime::Containers(_) => {
+                Arc::new(Podman::new(PodmanConfig::new(config.node_name.clone())))
+            }
+        };
+        Self::start_with(client, config, backend)
     }
 
-    /// Starts with another way of running containers.
+    /// Starts with another way of running containers (a [`Podman`] set up beforehand with
+    /// [`Podman::connect`], for one). The backend must run what `config.runtime` plans.
     pub fn start_with(
         client: kube::Client,
         config: RunnerConfig,
