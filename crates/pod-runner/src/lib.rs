@@ -23,6 +23,12 @@
 //!   grace period) and the Pod is deleted as a kubelet does (grace period 0). Every process
 //!   dies with the runner: when it is stopped, dropped, or killed (`PR_SET_PDEATHSIG`).
 //!
+//! With [`Runtime::Containers`] the pods run as Podman containers of local images instead
+//! ([`podman`]): one internal network per runner whose gateway is this machine, an infra
+//! container per pod holding its address (`status.podIP`) and network namespace, each
+//! container joining it, `command`/`args`/`env` as written, volumes bind-mounted at their
+//! mount paths, the security context applied. The rest (probes, restarts, status) is the same.
+//!
 //! Anything it cannot honour (an unknown image, an unmapped hostPath, an exec probe) is a
 //! clear error on the Pod's status (phase Failed, the container waiting with a reason), never
 //! a crash. Containers' output goes to a log file per container: [`PodRunner::log_path`].

@@ -265,7 +265,7 @@ impl Backend for Podman {
         let labels = HashMap::from([
             (RUNNER_LABEL.to_owned(), self.inner.config.id.clone()),
             (POD_LABEL.to_owned(), pod_label.clone()),
-            (CONTAINER_LABEL.to_owned(), "POD".to_owned()),
+            (CONTAINER_LABEL.to_owned(), spec::INFRA.to_owned()),
         ]);
         let body = spec::infra(&ready.pause, &ready.network.name, ip, pod.name, labels);
         let docker = &ready.docker;
@@ -471,6 +471,16 @@ impl Sandbox for PodmanSandbox {
     }
 
     async fn close(self: Box<Self>) {
+        // Whatever of the pod is left (a container still being removed), then the infra
+        // container.
+        if let Err(e) = setup::remove_containers(
+            &self.ready.docker,
+            &[(POD_LABEL, &self.pod_label), (RUNNER_LABEL, &self.runner)],
+        )
+        .await
+        {
+            tracing::warn!(pod = %self.pod_label, error = %e, "removing the pod's containers");
+        }
         self.remove_infra().await;
         tracing::debug!(pod = %self.pod_label, "pod sandbox removed");
     }
@@ -509,10 +519,11 @@ async fn watch_container(
             .and_then(|c| i32::try_from(c).ok())
             .unwrap_or(-1),
     };
-    // The last lines reach the file before anyone hears of the exit.
+    // The last lines reach the file, and the container is gone, before anyone hears of the
+    // exit (the pod's infra container can go only after its containers).
     let _ = tokio::time::timeout(Duration::from_secs(2), logs).await;
-    let _ = exit.send(Some(code));
     remove(&docker, &id).await;
+    let _ = exit.send(Some(code));
 }
 
 async fn copy_logs(docker: Docker, id: String, log: PathBuf) {

@@ -2,7 +2,7 @@
 //! (starting `podman system service` when nothing answers), the removal of a killed run's
 //! leftovers, the pause image, and the runner's internal network.
 
-use super::spec::RUNNER_LABEL;
+use super::spec::{CONTAINER_LABEL, INFRA, RUNNER_LABEL};
 use bollard::Docker;
 use bollard::models::{NetworkCreateRequest, NetworkInspect};
 use bollard::query_parameters::{
@@ -121,22 +121,43 @@ impl Drop for Service {
     }
 }
 
-fn label_filter(id: &str) -> HashMap<String, Vec<String>> {
-    HashMap::from([("label".to_owned(), vec![format!("{RUNNER_LABEL}={id}")])])
+fn label_filter(label: &str, value: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_owned(), vec![format!("{label}={value}")])])
 }
 
-/// Removes every container and network labelled with the runner's id: a killed run's
-/// leftovers at start, everything at the end.
-pub async fn remove_labelled(docker: &Docker, id: &str) -> Result<(), SetupError> {
+/// Removes every container that has all the `labels` (the first is asked of Podman, the
+/// others checked here), the infra containers last (Podman keeps a container whose network
+/// namespace others still use). Goes on past a failure; answers the failures.
+pub async fn remove_containers(docker: &Docker, labels: &[(&str, &str)]) -> Result<(), SetupError> {
+    let Some((label, value)) = labels.first() else {
+        return Ok(());
+    };
     let containers = docker
         .list_containers(Some(ListContainersOptions {
             all: true,
-            filters: Some(label_filter(id)),
+            filters: Some(label_filter(label, value)),
             ..ListContainersOptions::default()
         }))
         .await
-        .map_err(|e| format!("listing the runner's containers: {e}"))?;
-    for c in containers.iter().filter_map(|c| c.id.as_deref()) {
+        .map_err(|e| format!("listing the containers labelled {label}={value}: {e}"))?;
+    let has_all = |c: &bollard::models::ContainerSummary| {
+        labels.iter().all(|(k, v)| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(*k))
+                .is_some_and(|have| have == v)
+        })
+    };
+    let containers: Vec<_> = containers.into_iter().filter(has_all).collect();
+    let is_infra = |c: &bollard::models::ContainerSummary| {
+        c.labels
+            .as_ref()
+            .and_then(|l| l.get(CONTAINER_LABEL))
+            .is_some_and(|v| v == INFRA)
+    };
+    let (infra, others): (Vec<_>, Vec<_>) = containers.iter().partition(|c| is_infra(c));
+    let mut failures = Vec::new();
+    for c in others.iter().chain(&infra).filter_map(|c| c.id.as_deref()) {
         let removed = docker
             .remove_container(
                 c,
@@ -150,12 +171,26 @@ pub async fn remove_labelled(docker: &Docker, id: &str) -> Result<(), SetupError
         if let Err(e) = removed
             && !not_found(&e)
         {
-            return Err(format!("removing container {c}: {e}"));
+            failures.push(format!("removing container {c}: {e}"));
         }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
+/// Removes every container and network labelled with the runner's id: a killed run's
+/// leftovers at start, everything at the end.
+pub async fn remove_labelled(docker: &Docker, id: &str) -> Result<(), SetupError> {
+    let mut failures = Vec::new();
+    if let Err(e) = remove_containers(docker, &[(RUNNER_LABEL, id)]).await {
+        failures.push(e);
     }
     let networks = docker
         .list_networks(Some(ListNetworksOptions {
-            filters: Some(label_filter(id)),
+            filters: Some(label_filter(RUNNER_LABEL, id)),
         }))
         .await
         .map_err(|e| format!("listing the runner's networks: {e}"))?;
@@ -163,10 +198,14 @@ pub async fn remove_labelled(docker: &Docker, id: &str) -> Result<(), SetupError
         if let Err(e) = docker.remove_network(n).await
             && !not_found(&e)
         {
-            return Err(format!("removing network {n}: {e}"));
+            failures.push(format!("removing network {n}: {e}"));
         }
     }
-    Ok(())
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
 }
 
 /// Whether Podman answered 404.

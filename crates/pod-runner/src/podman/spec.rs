@@ -12,8 +12,11 @@ use std::net::Ipv4Addr;
 pub const RUNNER_LABEL: &str = "io.hsm-secrets-operator.pod-runner";
 /// The label naming a container's pod, `namespace/name`.
 pub const POD_LABEL: &str = "io.hsm-secrets-operator.pod";
-/// The label naming a container's container in the pod spec (`POD` for the infra container).
+/// The label naming a container's container in the pod spec ([`INFRA`] for the infra
+/// container).
 pub const CONTAINER_LABEL: &str = "io.hsm-secrets-operator.container";
+/// The [`CONTAINER_LABEL`] of a pod's infra container.
+pub const INFRA: &str = "POD";
 
 /// The infra container: the pause image on the runner's network at the pod's address,
 /// holding the network namespace every container of the pod joins.
