@@ -173,7 +173,7 @@ impl Podman {
     async fn set_up(&self) -> Result<Arc<Ready>, BackendError> {
         let config = &self.inner.config;
         let (docker, socket) = self.socket_answering().await?;
-        setup::remove_labelled(&docker, &config.id)
+        setup::remove_labelled(&docker, &socket, &config.id)
             .await
             .map_err(setup_error)?;
         let pause = setup::pause_image(&docker).await.map_err(setup_error)?;
@@ -218,7 +218,7 @@ impl Podman {
     /// service it started.
     async fn clean_up(socket: PathBuf, id: String, network: Option<Network>) {
         if let Some(docker) = setup::connect(&socket).await {
-            if let Err(e) = setup::remove_labelled(&docker, &id).await {
+            if let Err(e) = setup::remove_labelled(&docker, &socket, &id).await {
                 tracing::warn!(error = %e, "removing the runner's containers");
             }
             if let Some(n) = &network
@@ -396,19 +396,7 @@ impl PodmanSandbox {
 }
 
 async fn remove(docker: &Docker, id: &str) {
-    let removed = docker
-        .remove_container(
-            id,
-            Some(RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..RemoveContainerOptions::default()
-            }),
-        )
-        .await;
-    if let Err(e) = removed
-        && !setup::not_found(&e)
-    {
+    if let Err(e) = setup::remove_container(docker, id).await {
         tracing::warn!(container = id, error = %e, "removing a container");
     }
 }
@@ -475,6 +463,7 @@ impl Sandbox for PodmanSandbox {
         // container.
         if let Err(e) = setup::remove_containers(
             &self.ready.docker,
+            &self.ready.socket,
             &[(POD_LABEL, &self.pod_label), (RUNNER_LABEL, &self.runner)],
         )
         .await

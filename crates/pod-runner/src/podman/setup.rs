@@ -5,9 +5,7 @@
 use super::spec::{CONTAINER_LABEL, INFRA, RUNNER_LABEL};
 use bollard::Docker;
 use bollard::models::{NetworkCreateRequest, NetworkInspect};
-use bollard::query_parameters::{
-    BuildImageOptions, ListContainersOptions, ListNetworksOptions, RemoveContainerOptions,
-};
+use bollard::query_parameters::{BuildImageOptions, ListNetworksOptions, RemoveContainerOptions};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -125,52 +123,87 @@ fn label_filter(label: &str, value: &str) -> HashMap<String, Vec<String>> {
     HashMap::from([("label".to_owned(), vec![format!("{label}={value}")])])
 }
 
+/// A container as listed: its id and labels.
+struct Listed {
+    id: String,
+    labels: HashMap<String, String>,
+}
+
+/// Lists the containers (all states) labelled `label=value`. Not through bollard's model:
+/// Podman reports states Docker does not have (`stopped`), which it cannot read.
+async fn list_containers(socket: &Path, label: &str, value: &str) -> Result<Vec<Listed>, String> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let filters = serde_json::json!({"label": [format!("{label}={value}")]}).to_string();
+    let query: String = form_urlencoded::byte_serialize(filters.as_bytes()).collect();
+    let version = format!(
+        "v{}.{}",
+        API_VERSION.major_version, API_VERSION.minor_version
+    );
+    let request = hyper::Request::get(format!(
+        "/{version}/containers/json?all=true&filters={query}"
+    ))
+    .header(hyper::header::HOST, "podman")
+    .body(http_body_util::Empty::<bytes::Bytes>::new())
+    .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+    }
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    Ok(list
+        .into_iter()
+        .filter_map(|c| {
+            Some(Listed {
+                id: c["Id"].as_str()?.to_owned(),
+                labels: serde_json::from_value(c["Labels"].clone()).unwrap_or_default(),
+            })
+        })
+        .collect())
+}
+
 /// Removes every container that has all the `labels` (the first is asked of Podman, the
 /// others checked here), the infra containers last (Podman keeps a container whose network
 /// namespace others still use). Goes on past a failure; answers the failures.
-pub async fn remove_containers(docker: &Docker, labels: &[(&str, &str)]) -> Result<(), SetupError> {
+pub async fn remove_containers(
+    docker: &Docker,
+    socket: &Path,
+    labels: &[(&str, &str)],
+) -> Result<(), SetupError> {
     let Some((label, value)) = labels.first() else {
         return Ok(());
     };
-    let containers = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(label_filter(label, value)),
-            ..ListContainersOptions::default()
-        }))
+    let containers = list_containers(socket, label, value)
         .await
         .map_err(|e| format!("listing the containers labelled {label}={value}: {e}"))?;
-    let has_all = |c: &bollard::models::ContainerSummary| {
-        labels.iter().all(|(k, v)| {
-            c.labels
-                .as_ref()
-                .and_then(|l| l.get(*k))
-                .is_some_and(|have| have == v)
-        })
+    let has_all = |c: &Listed| {
+        labels
+            .iter()
+            .all(|(k, v)| c.labels.get(*k).is_some_and(|have| have == v))
     };
     let containers: Vec<_> = containers.into_iter().filter(has_all).collect();
-    let is_infra = |c: &bollard::models::ContainerSummary| {
-        c.labels
-            .as_ref()
-            .and_then(|l| l.get(CONTAINER_LABEL))
-            .is_some_and(|v| v == INFRA)
-    };
+    let is_infra = |c: &Listed| c.labels.get(CONTAINER_LABEL).is_some_and(|v| v == INFRA);
     let (infra, others): (Vec<_>, Vec<_>) = containers.iter().partition(|c| is_infra(c));
     let mut failures = Vec::new();
-    for c in others.iter().chain(&infra).filter_map(|c| c.id.as_deref()) {
-        let removed = docker
-            .remove_container(
-                c,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..RemoveContainerOptions::default()
-                }),
-            )
-            .await;
-        if let Err(e) = removed
-            && !not_found(&e)
-        {
+    for c in others.iter().chain(&infra).map(|c| c.id.as_str()) {
+        if let Err(e) = remove_container(docker, c).await {
             failures.push(format!("removing container {c}: {e}"));
         }
     }
@@ -183,9 +216,9 @@ pub async fn remove_containers(docker: &Docker, labels: &[(&str, &str)]) -> Resu
 
 /// Removes every container and network labelled with the runner's id: a killed run's
 /// leftovers at start, everything at the end.
-pub async fn remove_labelled(docker: &Docker, id: &str) -> Result<(), SetupError> {
+pub async fn remove_labelled(docker: &Docker, socket: &Path, id: &str) -> Result<(), SetupError> {
     let mut failures = Vec::new();
-    if let Err(e) = remove_containers(docker, &[(RUNNER_LABEL, id)]).await {
+    if let Err(e) = remove_containers(docker, socket, &[(RUNNER_LABEL, id)]).await {
         failures.push(e);
     }
     let networks = docker
@@ -205,6 +238,36 @@ pub async fn remove_labelled(docker: &Docker, id: &str) -> Result<(), SetupError
         Ok(())
     } else {
         Err(failures.join("; "))
+    }
+}
+
+/// Removes a container (stopping it first if needed); gone already is fine. Podman may
+/// refuse for a moment while another of its processes works on the container (its
+/// dependents being removed, its exit being handled): retried for up to 20 s.
+pub async fn remove_container(docker: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
+    let mut wait = Duration::from_millis(50);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let removed = docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..RemoveContainerOptions::default()
+                }),
+            )
+            .await;
+        match removed {
+            Ok(()) => return Ok(()),
+            Err(e) if not_found(&e) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
+            Err(e) => {
+                tracing::debug!(container = id, error = %e, "removing a container: retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+        }
     }
 }
 
