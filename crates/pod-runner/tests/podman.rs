@@ -404,12 +404,17 @@ async fn a_pods_containers_share_localhost_reach_this_machine_and_nothing_else()
         "{pod_ip} on the network"
     );
 
-    // The outer container reaches the inner one on the pod's localhost...
-    let via_localhost = get(pod_ip, 8093, "/proxy?127.0.0.1:9000/info").unwrap();
-    assert!(
-        via_localhost.contains("env=MARK=the-inner-container"),
-        "{via_localhost}"
-    );
+    // The outer container reaches the inner one on the pod's localhost (once it listens:
+    // it has no readiness probe)...
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let via_localhost = get(pod_ip, 8093, "/proxy?127.0.0.1:9000/info").unwrap_or_default();
+        if via_localhost.contains("env=MARK=the-inner-container") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{via_localhost}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // ...which this machine does not reach: it listens on the pod's loopback only.
     assert!(get(pod_ip, 9000, "/info").is_none());
     // It reaches this machine at the gateway address.
