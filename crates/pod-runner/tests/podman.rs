@@ -344,8 +344,9 @@ async fn a_pods_containers_share_localhost_reach_this_machine_and_nothing_else()
     let echo = images.echo();
     let mut cluster = Cluster::start("duo", ContainerImages::new().with("echo", &echo)).await;
     let gateway = cluster.podman.gateway().unwrap();
-    // A server on this machine, listening where an API server would.
-    let host = std::net::TcpListener::bind((gateway, 0)).unwrap();
+    // A server on this machine, listening on every address as an API server may (the
+    // pods reach it at the gateway address; 127.0.0.1 is their own loopback).
+    let host = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
     let host_port = host.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for stream in host.incoming() {
