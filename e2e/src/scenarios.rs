@@ -78,7 +78,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "plugin",
-        proves: "kubectl hsm create/get/list/delete against the installed manager",
+        proves: "kubectl hsm finds the manager, port-forwards through the API server, creates, gets, lists and deletes",
     },
     Scenario {
         name: "failover",
@@ -360,15 +360,17 @@ impl Run {
         Ok(())
     }
 
-    fn kubectl_hsm(&self, server: &str, token: &Path, args: &[&str]) -> Result<String> {
+    /// Runs `kubectl hsm` as a user does: it finds the manager's Service and port-forwards
+    /// to a Ready manager pod through the API server; the REST API's identity is the token
+    /// in `token`.
+    fn kubectl_hsm(&self, token: &Path, args: &[&str]) -> Result<String> {
         let output = Command::new(&self.kubectl_hsm)
-            .arg("--server")
-            .arg(server)
             .arg("--token-file")
             .arg(token)
             .args(args)
             .env("KUBECONFIG", &self.cluster.kubeconfig)
             .env("HOME", &self.dir)
+            .env_remove("HSM_SERVER")
             .stdin(std::process::Stdio::null())
             .output()
             .context("cannot run kubectl-hsm")?;
@@ -382,11 +384,9 @@ impl Run {
     }
 
     async fn plugin(&mut self) -> Result<()> {
-        let server = self.manager_url(None).await?;
         let writer = self.dir.join(format!("{WRITER}.token"));
         let name = "e2e-plugin";
         self.kubectl_hsm(
-            &server,
             &writer,
             &[
                 "create",
@@ -397,18 +397,15 @@ impl Run {
                 "region=eu",
             ],
         )?;
-        let got: Value = serde_json::from_str(&self.kubectl_hsm(
-            &server,
-            &writer,
-            &["get", name, "-o", "json"],
-        )?)?;
+        let got: Value =
+            serde_json::from_str(&self.kubectl_hsm(&writer, &["get", name, "-o", "json"])?)?;
         let shown = got.to_string();
         let encoded = base64::engine::general_purpose::STANDARD.encode("k1");
         ensure!(
             shown.contains("k1") || shown.contains(&encoded),
             "kubectl hsm get shows no api-key: {shown}"
         );
-        let listed = self.kubectl_hsm(&server, &writer, &["list"])?;
+        let listed = self.kubectl_hsm(&writer, &["list"])?;
         ensure!(
             listed.contains(name),
             "kubectl hsm list lacks {name}: {listed}"
@@ -419,8 +416,8 @@ impl Run {
                 "the HSM lacks what kubectl hsm created"
             );
         }
-        self.kubectl_hsm(&server, &writer, &["delete", name, "--force"])?;
-        let listed = self.kubectl_hsm(&server, &writer, &["list"])?;
+        self.kubectl_hsm(&writer, &["delete", name, "--force"])?;
+        let listed = self.kubectl_hsm(&writer, &["list"])?;
         ensure!(
             !listed.contains(name),
             "kubectl hsm list still shows {name}: {listed}"
