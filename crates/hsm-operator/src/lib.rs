@@ -14,7 +14,8 @@
 //! - [`pki`]: the CA and certificates of manager↔agent mTLS, as Secrets, renewed in time.
 //! - [`mirror`]: keeps several devices holding the same secrets (pure planner, executor,
 //!   runner on the leader).
-//! - [`leader`]: leader election on a Lease; [`telemetry`]: metrics and probes.
+//! - [`leader`]: leader election on a Lease; [`telemetry`]: metrics and probes; [`memory`]:
+//!   the binary's allocator settings, which keep freed memory from staying resident.
 //! - [`cli`] and [`run`]: the `--mode=manager` command line and the wiring.
 
 pub mod agents;
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod device;
 pub mod images;
 pub mod leader;
+pub mod memory;
 pub mod mirror;
 pub mod pki;
 pub mod placement;

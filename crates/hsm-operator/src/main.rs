@@ -6,5 +6,7 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let cli = hsm_operator::cli::Cli::parse();
     hsm_operator::telemetry::init_tracing(&cli.log_level);
+    // Freed memory back to the system after each burst of reconciles: see `memory`.
+    tokio::spawn(hsm_operator::memory::release_free_memory_periodically());
     hsm_operator::run::run(cli).await
 }

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use hsm_proto::v1::change_event::Event;
 use hsm_proto::v1::{IndexEntry, SecretMetadata};
 use parking_lot::RwLock;
+use prost::Message;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,7 +70,27 @@ struct DeviceState {
     health: DeviceHealth,
     entries: Arc<BTreeMap<String, IndexEntry>>,
     /// Metadata records by name, with the entry version they were read at.
-    metadata: HashMap<String, (u64, SecretMetadata)>,
+    metadata: HashMap<String, (u64, EncodedMetadata)>,
+}
+
+/// A cached metadata record in its protobuf encoding: one allocation of about a hundred
+/// bytes, where the decoded record takes about 900 (a label map's B-tree node alone is
+/// ~540 bytes). The cache holds one per secret and device — 10 000 HSMSecrets made 9 MiB of
+/// decoded records — and a sync decodes the one it needs, which costs about what cloning
+/// it did.
+#[derive(Debug, Clone)]
+struct EncodedMetadata(Box<[u8]>);
+
+impl EncodedMetadata {
+    fn new(metadata: &SecretMetadata) -> Self {
+        EncodedMetadata(metadata.encode_to_vec().into_boxed_slice())
+    }
+
+    /// The record; `None` cannot happen for bytes [`EncodedMetadata::new`] wrote, and is
+    /// treated by the caller as a cache miss.
+    fn decode(&self) -> Option<SecretMetadata> {
+        SecretMetadata::decode(&*self.0).ok()
+    }
 }
 
 /// One device: its agent, what is known of it, and the task following it.
@@ -110,17 +131,18 @@ impl DeviceSlot {
     pub async fn metadata(&self, name: &str) -> Result<(SecretMetadata, bool), AgentError> {
         let version = self.state.read().entries.get(name).map(|e| e.version);
         if let Some(version) = version
-            && let Some((cached, metadata)) = self.state.read().metadata.get(name)
+            && let Some((cached, encoded)) = self.state.read().metadata.get(name)
             && *cached == version
+            && let Some(metadata) = encoded.decode()
         {
-            return Ok((metadata.clone(), false));
+            return Ok((metadata, false));
         }
         let metadata = self.agent.metadata(name).await?;
         if let Some(version) = version {
             self.state
                 .write()
                 .metadata
-                .insert(name.to_owned(), (version, metadata.clone()));
+                .insert(name.to_owned(), (version, EncodedMetadata::new(&metadata)));
         }
         Ok((metadata, true))
     }
@@ -436,5 +458,31 @@ async fn follow_once(
                 device.set_health(health, shared);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encoded_metadata_record_decodes_to_the_same_record() {
+        let record = SecretMetadata {
+            description: "database password".into(),
+            labels: BTreeMap::from([
+                ("sync.version".to_owned(), "7".to_owned()),
+                ("team".to_owned(), "payments".to_owned()),
+            ]),
+            format: "json".into(),
+            data_type: "password".into(),
+            created_at: "2026-12-06T10:00:00Z".into(),
+            source: "vault".into(),
+        };
+        let encoded = EncodedMetadata::new(&record);
+        assert_eq!(encoded.decode(), Some(record));
+        assert_eq!(
+            EncodedMetadata::new(&SecretMetadata::default()).decode(),
+            Some(SecretMetadata::default())
+        );
     }
 }

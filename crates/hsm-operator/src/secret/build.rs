@@ -186,8 +186,9 @@ pub fn owner_reference(hsm_secret: &HSMSecret) -> OwnerReference {
     }
 }
 
-/// Whether `secret` is this HSMSecret's (controller-owned by its uid).
-pub fn owned_by(secret: &Secret, hsm_secret: &HSMSecret) -> bool {
+/// Whether `secret` (a Secret, or one as cached) is this HSMSecret's (controller-owned by
+/// its uid).
+pub fn owned_by(secret: &impl Resource, hsm_secret: &HSMSecret) -> bool {
     let uid = hsm_secret.uid();
     secret
         .owner_references()
@@ -203,7 +204,19 @@ pub fn desired_secret(
     values: &SecretValues,
     metadata: &SecretMetadata,
 ) -> Secret {
-    let secret_type = existing.and_then(|s| s.type_.clone()).unwrap_or_else(|| {
+    let existing_type = existing.and_then(|s| s.type_.as_deref());
+    desired_secret_of_type(hsm_secret, existing_type, values, metadata)
+}
+
+/// [`desired_secret`] when only the existing Secret's type is at hand (`None`: no Secret,
+/// or one without a type).
+pub fn desired_secret_of_type(
+    hsm_secret: &HSMSecret,
+    existing_type: Option<&str>,
+    values: &SecretValues,
+    metadata: &SecretMetadata,
+) -> Secret {
+    let secret_type = existing_type.map(str::to_owned).unwrap_or_else(|| {
         match hsm_secret.spec.secret_type.as_str() {
             "" => "Opaque".to_owned(),
             t => t.to_owned(),

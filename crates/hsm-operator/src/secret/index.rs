@@ -7,18 +7,26 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
 use parking_lot::RwLock;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
+
+/// The namespaces of one name's HSMSecrets, sorted, without repeats. Nearly always one: a
+/// sorted `Vec` holds it in one small allocation, where a `BTreeSet` node takes ~300 bytes
+/// (10 000 HSMSecrets made that 3 MiB).
+type Namespaces = Vec<String>;
 
 /// HSM secret name → the HSMSecrets (namespace) that replicate it.
 #[derive(Debug, Default)]
 pub struct NameIndex {
-    live: RwLock<HashMap<String, BTreeSet<String>>>,
+    live: RwLock<HashMap<String, Namespaces>>,
     /// The relist under way (between `Init` and `InitDone`).
-    relist: RwLock<Option<HashMap<String, BTreeSet<String>>>>,
+    relist: RwLock<Option<HashMap<String, Namespaces>>>,
 }
 
-fn insert(map: &mut HashMap<String, BTreeSet<String>>, name: String, namespace: String) {
-    map.entry(name).or_default().insert(namespace);
+fn insert(map: &mut HashMap<String, Namespaces>, name: String, namespace: String) {
+    let namespaces = map.entry(name).or_default();
+    if let Err(at) = namespaces.binary_search(&namespace) {
+        namespaces.insert(at, namespace);
+    }
 }
 
 impl NameIndex {
@@ -33,8 +41,9 @@ impl NameIndex {
             Event::Delete(object) => {
                 let mut live = self.live.write();
                 let name = object.name_any();
+                let namespace = object.namespace().unwrap_or_default();
                 if let Some(namespaces) = live.get_mut(&name) {
-                    namespaces.remove(&object.namespace().unwrap_or_default());
+                    namespaces.retain(|ns| *ns != namespace);
                     if namespaces.is_empty() {
                         live.remove(&name);
                     }
@@ -118,6 +127,18 @@ mod tests {
         index.apply(&Event::Delete(object("b", "db")));
         assert!(names(&index, "db").is_empty());
         assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn namespaces_stay_sorted_and_unrepeated() {
+        let index = NameIndex::default();
+        for ns in ["c", "a", "b", "a", "c"] {
+            index.apply(&Event::Apply(object(ns, "db")));
+        }
+        assert_eq!(names(&index, "db"), ["a", "b", "c"]);
+        index.apply(&Event::Delete(object("b", "db")));
+        index.apply(&Event::Delete(object("b", "db")));
+        assert_eq!(names(&index, "db"), ["a", "c"]);
     }
 
     #[test]

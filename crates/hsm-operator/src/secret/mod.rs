@@ -10,6 +10,7 @@
 //! no secret value at all.
 
 pub mod build;
+pub mod cache;
 pub mod events;
 pub mod index;
 mod rollout;
@@ -19,7 +20,8 @@ pub mod validate;
 use crate::agents::AgentPool;
 use crate::telemetry::{CategoryLabels, Metrics, ResultLabels};
 use build::Identity;
-use futures::StreamExt;
+use cache::CachedSecret;
+use futures::{StreamExt, TryStreamExt};
 use hsm_api::names::{APP_NAME, HSMSECRET_FINALIZER, labels};
 use hsm_api::secret::HSMSecret;
 use index::NameIndex;
@@ -82,8 +84,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// HSM name → HSMSecrets.
     pub index: Arc<NameIndex>,
-    /// The Secrets this operator manages, from a watch.
-    pub secrets: Store<Secret>,
+    /// The Secrets this operator manages, from a watch, without their values.
+    pub secrets: Store<CachedSecret>,
     /// When a name was announced changed, for the sync-latency metric.
     pub announced: parking_lot::Mutex<HashMap<String, Instant>>,
     /// Malformed HSMSecrets already reported: uid → generation.
@@ -227,11 +229,10 @@ pub async fn run(
     })
     .default_backoff()
     .touched_objects();
-    let (secret_reader, secret_writer) = reflector::store::<Secret>();
+    let (secret_reader, secret_writer) = reflector::store::<CachedSecret>();
     let secret_stream = reflector::reflector(
         secret_writer,
-        watcher(Api::<Secret>::all(client.clone()), managed_secrets())
-            .modify(without_managed_fields),
+        watcher(Api::<Secret>::all(client.clone()), managed_secrets()).map_ok(cache::cached_event),
     )
     .default_backoff()
     .touched_objects();

@@ -2,6 +2,7 @@
 //! the status, record events. Decisions are [`super::build`]'s.
 
 use super::build::{self, Outcome};
+use super::cache::CachedSecret;
 use super::{Context, Error, FIELD_MANAGER, reference, rollout, validate};
 use crate::agents::{DeviceSnapshot, SecretValues};
 use crate::resolve::{Winner, resolve};
@@ -82,25 +83,46 @@ async fn sync_secret(
         tracing::info!(outliers = ?resolution.outliers, strategy = resolution.strategy.as_str(), "devices disagree");
     }
     let existing = existing_secret(hsm_secret, ctx).await?;
-    if let Some(existing) = &existing
-        && !build::owned_by(existing, hsm_secret)
-    {
-        let name = existing.name_any();
+    let taken_by = match &existing {
+        Existing::Cached(cached) => {
+            (!build::owned_by(&**cached, hsm_secret)).then(|| cached.name_any())
+        }
+        Existing::Read(Some(secret)) => {
+            (!build::owned_by(&**secret, hsm_secret)).then(|| secret.name_any())
+        }
+        Existing::Read(None) => None,
+    };
+    if let Some(name) = taken_by {
         return Ok((Outcome::SecretNameTaken { name }, None));
     }
     apply_winner(hsm_secret, winner, &devices, existing, ctx).await
 }
 
-/// The Secret now: from the watch cache, or (for a name the cache lacks, which may be a
-/// Secret the operator does not manage) from the API.
-async fn existing_secret(hsm_secret: &HSMSecret, ctx: &Context) -> Result<Option<Secret>, Error> {
+/// The Secret as a sync first sees it.
+enum Existing {
+    /// From the watch cache: enough to tell whether it is up to date, without its values.
+    Cached(Arc<CachedSecret>),
+    /// Read from the API, for a name the cache lacks (which may be a Secret the operator
+    /// does not manage); `None` when there is no such Secret.
+    Read(Option<Box<Secret>>),
+}
+
+/// The Secret now: from the watch cache, or (for a name the cache lacks) from the API.
+async fn existing_secret(hsm_secret: &HSMSecret, ctx: &Context) -> Result<Existing, Error> {
     let namespace = hsm_secret.namespace().unwrap_or_default();
     let name = build::secret_name(hsm_secret);
     if let Some(cached) = ctx.secrets.get(&ObjectRef::new(&name).within(&namespace)) {
-        return Ok(Some((*cached).clone()));
+        return Ok(Existing::Cached(cached));
     }
+    let secret = read_secret(hsm_secret, ctx).await?;
+    Ok(Existing::Read(secret.map(Box::new)))
+}
+
+/// The HSMSecret's Secret, read from the API.
+async fn read_secret(hsm_secret: &HSMSecret, ctx: &Context) -> Result<Option<Secret>, Error> {
+    let namespace = hsm_secret.namespace().unwrap_or_default();
     Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
-        .get_opt(&name)
+        .get_opt(&build::secret_name(hsm_secret))
         .await
         .map_err(Error::Kube)
 }
@@ -110,7 +132,7 @@ async fn apply_winner(
     hsm_secret: &HSMSecret,
     winner: &Winner,
     devices: &[DeviceSnapshot],
-    existing: Option<Secret>,
+    existing: Existing,
     ctx: &Arc<Context>,
 ) -> Result<(Outcome, Option<String>), Error> {
     let name = hsm_secret.name_any();
@@ -131,6 +153,39 @@ async fn apply_winner(
     if metadata_version(&metadata) != entry_version {
         return Err(Error::Stale);
     }
+    let existing = match existing {
+        Existing::Cached(cached) => {
+            // The cache tells whether anything is to be written, without a value (the
+            // desired Secret's data is compared by the winner's checksum).
+            if cached.checksum() == winner.checksum {
+                let desired = build::desired_secret_of_type(
+                    hsm_secret,
+                    cached.type_(),
+                    &SecretValues::new(),
+                    &metadata,
+                );
+                if cached.up_to_date(&desired, &winner.checksum) {
+                    let mut reference = secret_reference(&desired, None);
+                    reference.uid = cached.uid();
+                    let outcome = Outcome::InSync {
+                        hsm_checksum: winner.checksum.clone(),
+                        secret: reference,
+                        wrote: false,
+                    };
+                    return Ok((outcome, Some(winner.checksum.clone())));
+                }
+            }
+            // Something is to be written: the Secret itself, as it is now.
+            match read_secret(hsm_secret, ctx).await? {
+                Some(secret) if !build::owned_by(&secret, hsm_secret) => {
+                    let name = secret.name_any();
+                    return Ok((Outcome::SecretNameTaken { name }, None));
+                }
+                secret => secret,
+            }
+        }
+        Existing::Read(secret) => secret.map(|s| *s),
+    };
     let current = existing
         .as_ref()
         .filter(|s| build::secret_checksum(s) == winner.checksum);
