@@ -136,9 +136,12 @@ fn to_time(at: DateTime<Utc>) -> Result<time::OffsetDateTime, CertError> {
     time::OffsetDateTime::from_unix_timestamp(at.timestamp()).map_err(|_| CertError::Date)
 }
 
-/// A random 128-bit serial (rcgen writes it as a positive integer).
+/// A random serial of 16 bytes as written: the first byte is kept in 0x40..=0x7f, so the
+/// DER integer is positive and never shortened by a leading zero (126 random bits).
 fn serial() -> SerialNumber {
-    SerialNumber::from_slice(&rand::random::<[u8; 16]>())
+    let mut bytes = rand::random::<[u8; 16]>();
+    bytes[0] = (bytes[0] & 0x3f) | 0x40;
+    SerialNumber::from_slice(&bytes)
 }
 
 fn new_key() -> Result<KeyPair, CertError> {
