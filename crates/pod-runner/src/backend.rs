@@ -49,6 +49,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn start(&self, launch: Launch<'_>) -> Result<Box<dyn Running>, BackendError>;
     /// Kills at once everything this backend started that still runs (the runner is going).
     fn kill_all(&self);
+    /// Whether containers see their volumes at their mount paths (a container runtime
+    /// mounts the pod's volume directories there). Local processes do not: their arguments
+    /// and environment are rewritten to the pod's directory, and a ServiceAccount mount
+    /// comes to them as a kubeconfig.
+    fn mounts_in_place(&self) -> bool {
+        false
+    }
 }
 
 /// A started container.

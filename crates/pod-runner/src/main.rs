@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use pod_runner::{HostPaths, ImageTable, PodRunner, RunnerConfig};
+use pod_runner::{ApiServer, HostPaths, ImageTable, PodRunner, RunnerConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,6 +30,11 @@ struct Args {
     /// A variable every container gets, NAME=VALUE (repeatable), e.g. KUBECONFIG.
     #[arg(long = "pod-env", value_name = "NAME=VALUE")]
     pod_env: Vec<String>,
+    /// The API server as pods reach it, https://HOST:PORT: containers get
+    /// KUBERNETES_SERVICE_HOST/PORT and a kubeconfig for their ServiceAccount token
+    /// (default: the server of the runner's own kubeconfig).
+    #[arg(long, value_name = "URL")]
+    api_server: Option<ApiServer>,
     /// Where pods' files and logs go.
     #[arg(long, default_value = ".dev/pods")]
     state_dir: PathBuf,
@@ -61,6 +66,7 @@ fn config(args: &Args) -> anyhow::Result<RunnerConfig> {
     }
     config.images = images;
     config.host_paths = host_paths;
+    config.api_server = args.api_server.clone();
     Ok(config)
 }
 
@@ -72,17 +78,26 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let config = config(&args)?;
-    let client = match &args.kubeconfig {
+    let mut config = config(&args)?;
+    let kube_config = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading {}", path.display()))?;
             let options = kube::config::KubeConfigOptions::default();
-            let c = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?;
-            kube::Client::try_from(c)?
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
         }
-        None => kube::Client::try_default().await?,
+        None => kube::Config::infer().await?,
     };
+    if config.api_server.is_none() {
+        // Pods run on this machine: they reach the API server where the runner does.
+        config.api_server = kube_config
+            .cluster_url
+            .to_string()
+            .parse()
+            .inspect_err(|e| tracing::warn!(error = %e, "pods get no API server address"))
+            .ok();
+    }
+    let client = kube::Client::try_from(kube_config)?;
     let runner = PodRunner::start(client, config)?;
     tracing::info!(node = %args.node_name, "running pods; Ctrl-C stops them");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
