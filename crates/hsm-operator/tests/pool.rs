@@ -64,6 +64,12 @@ impl Operator {
                 .await
                 .unwrap();
         }
+        // Discovery pods run as their own ServiceAccount, which must exist (the API server
+        // refuses pods of a missing one).
+        emulator
+            .create_object(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "hsm-discovery", "namespace": NS}}))
+            .unwrap();
         // The controllers run as the manager's ServiceAccount with deploy/'s RBAC enforced.
         grant_manager_rbac(&admin).await;
         emulator.add_token(
