@@ -400,3 +400,59 @@ async fn the_token_is_bound_to_the_pod_and_rewritten_before_it_expires() {
         "the token volume outlived the pod"
     );
 }
+
+#[tokio::test]
+async fn a_workload_of_a_missing_service_account_gets_its_pod_once_the_account_exists() {
+    let c = Cluster::start(0.8).await;
+    let port = 18302;
+    let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "late", "namespace": NS},
+        "spec": {"selector": {"matchLabels": {"app": "late"}}, "template": {
+            "metadata": {"labels": {"app": "late"}},
+            "spec": {"serviceAccountName": "late",
+                "containers": [{"name": "echo", "image": "echo",
+                    "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                            {"name": "ECHO_PORT", "value": port.to_string()}],
+                    "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 1}}]}}}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(c.emulator.admin_client(), NS)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    // The API server refuses the pod while its ServiceAccount does not exist.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let listed = |c: &Cluster| {
+        let pods = c.pods();
+        async move {
+            pods.list(&ListParams::default().labels("app=late"))
+                .await
+                .unwrap()
+                .items
+        }
+    };
+    assert!(listed(&c).await.is_empty());
+    assert!(
+        c.emulator
+            .audit_log()
+            .iter()
+            .any(|e| e.resource == "pods" && e.verb == "create" && e.code == 403),
+        "the runner's pod creates were refused"
+    );
+    c.emulator
+        .create_object(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "late", "namespace": NS}}))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pods = listed(&c).await;
+        if pods.len() == 1 && pod_runner::desired::is_ready(&pods[0]) {
+            let (_, dir) = token_volume(&c, &pods[0]);
+            let token = std::fs::read_to_string(dir.join("token")).unwrap();
+            assert_eq!(claims(&token)["sub"], "system:serviceaccount:team:late");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no ready pod: {pods:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
