@@ -6,7 +6,8 @@ use std::process::Command;
 /// Debian packages the tests and the demo use: SoftHSM2 (the PKCS#11 token in tests), OpenSC
 /// and its tools (the PKCS#11 module of SmartCard-HSM / Pico HSM cards), pcscd with the CCID
 /// and vpcd reader drivers (the virtual card), and pcsc-tools for debugging; for the images,
-/// Podman with runc, binutils (`strip`), CA certificates and the PC/SC library; and nix-bin
+/// Podman with runc and catatonit (the pause process of the pod runner's pods), binutils
+/// (`strip`), CA certificates and the PC/SC library; and nix-bin
 /// for `nix-instantiate --parse` of the Nix files; curl, with which the demo shows the REST API.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "softhsm2",
@@ -18,6 +19,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "pcsc-tools",
     "podman",
     "runc",
+    "catatonit",
     "binutils",
     "ca-certificates",
     "nix-bin",

@@ -78,6 +78,12 @@ enum Cmd {
     },
     /// Install the Debian packages and cargo tools the project needs, if missing.
     Deps,
+    /// Run the end-to-end scenarios (`E2E_BACKEND`: emulated by default, or cluster on the
+    /// cluster KUBECONFIG names); with a scenario's name, only the scenarios up to it.
+    E2e {
+        /// The last scenario to run.
+        until: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -114,6 +120,7 @@ fn main() -> Result<()> {
         Cmd::Crdgen => crdgen(&root),
         Cmd::Images { debug } => images::run(&root, debug),
         Cmd::Deps => deps::ensure(),
+        Cmd::E2e { until } => e2e(&root, until.as_deref()),
     }
 }
 
@@ -175,8 +182,19 @@ fn test(root: &Path, no_lint: bool, nextest_args: &[String]) -> Result<()> {
             "cargo",
             &["test", "--workspace", "--doc", "--all-features"],
         )?;
+        // The scenarios share one installed cluster, so they run in one process, after
+        // everything else.
+        e2e(root, None)?;
     }
     Ok(())
+}
+
+/// The end-to-end scenarios (the `e2e` crate's binary).
+fn e2e(root: &Path, until: Option<&str>) -> Result<()> {
+    deps::ensure()?;
+    let mut args = vec!["run", "--quiet", "--all-features", "-p", "e2e", "--"];
+    args.extend(until);
+    run(root, "cargo", &args)
 }
 
 fn bench(root: &Path, which: Bench) -> Result<()> {

@@ -13,8 +13,8 @@
 //! What it does, as the real apiserver does:
 //!
 //! - routing of core (`/api/v1`) and named groups, namespaced and cluster-scoped resources,
-//!   `/status` and `/scale` subresources; the built-ins the operator and its manifests use
-//!   (Namespace, Secret, ConfigMap, Pod, Service, ServiceAccount, Event in both groups, Node,
+//!   `/status` and `/scale` subresources, `pods/log` and `pods/portforward`; the built-ins
+//!   the operator and its manifests use (Namespace, Secret, ConfigMap, Pod, Service, ServiceAccount, Event in both groups, Node,
 //!   Deployment, DaemonSet, StatefulSet, Lease, Role, ClusterRole, RoleBinding,
 //!   ClusterRoleBinding, NetworkPolicy, PodDisruptionBudget, ValidatingWebhookConfiguration,
 //!   TokenReview, SubjectAccessReview, LocalSubjectAccessReview, SelfSubjectAccessReview,
@@ -31,8 +31,9 @@
 //!   apiGroups, resources and `res/sub`, `*/sub`, resourceNames, nonResourceURLs, `*`),
 //!   `system:masters` always allowed, the bootstrap ClusterRoles for discovery and
 //!   self-reviews; enforced on every request under [`Authorization::Rbac`] (`serve --authz
-//!   rbac`) with the real 403 message, and always answering SubjectAccessReview and its
-//!   kin (`kubectl auth can-i`, `kubectl auth whoami`);
+//!   rbac`) with the real 403 message (a WebSocket port-forward is checked for `get`, then
+//!   `create`, on `pods/portforward`, as since Kubernetes 1.35), and always answering
+//!   SubjectAccessReview and its kin (`kubectl auth can-i`, `kubectl auth whoami`);
 //! - TLS ([`tls`]) with a generated cluster CA, which `kube-root-ca.crt` and ServiceAccount
 //!   directories ([`Emulator::write_service_account_dir`]: `token`, `ca.crt`, `namespace`)
 //!   carry, so a process gets a client by in-cluster config as in a pod (`tests/incluster.rs`);
@@ -84,7 +85,12 @@
 //!   get 415, e.g. `kubectl create deployment`); responses are always JSON (client-go
 //!   accepts it);
 //! - `pods/log` is answered by a registered [`PodRuntime`] (400 without one, no `follow`);
-//!   `pods/portforward` and `exec` are not served (no SPDY or WebSocket upgrade);
+//! - `pods/portforward` ([`portforward`]) is served over WebSocket with the
+//!   `v4.channel.k8s.io` subprotocol (what kube-rs speaks), relayed to the pod's
+//!   `status.podIP`, and only through the HTTP server (an in-process client cannot upgrade);
+//!   not served: SPDY, the SPDY-over-WebSocket tunnel (`SPDY/3.1+portforward.k8s.io`) and
+//!   `v4.base64.channel.k8s.io`, so `kubectl port-forward` gets a 400 naming what is served;
+//!   `pods/exec`, `pods/attach` and `pods/proxy` are not served at all;
 //! - discovery in the legacy forms only (kubectl falls back from the aggregated form);
 //!   OpenAPI v3 lists operations but no schemas (enough for kubectl's server-side validation
 //!   check; `/openapi/v2` is 404); no `Warning` headers;
@@ -134,6 +140,7 @@ pub mod ops;
 pub mod paging;
 pub mod patch;
 pub mod pods;
+pub mod portforward;
 pub mod protobuf;
 pub mod rbac;
 pub mod request;
@@ -383,7 +390,8 @@ impl Emulator {
         rbac::authorize(&snapshot, attributes)
     }
 
-    /// Registers what serves `pods/log` (and later `pods/portforward`): a pod runner.
+    /// Registers what serves `pods/log`: a pod runner. (`pods/portforward` needs none: it
+    /// reaches the pod at its `status.podIP`, see [`portforward`].)
     pub fn set_pod_runtime(&self, runtime: Arc<dyn PodRuntime>) {
         *self.inner.pod_runtime.write() = Some(runtime);
     }

@@ -1,10 +1,9 @@
 //! The hook through which a pod runner serves what only running containers can answer:
-//! `pods/log` and `pods/portforward`. The emulator runs no containers; a runner (the e2e
-//! pod runner) implements [`PodRuntime`] and registers it with
-//! [`crate::Emulator::set_pod_runtime`]. Without one, both subresources answer 400 as a real
-//! server does for a pod whose containers are not running.
-
-use std::net::SocketAddr;
+//! `pods/log`. The emulator runs no containers; a runner (the e2e pod runner) implements
+//! [`PodRuntime`] and registers it with [`crate::Emulator::set_pod_runtime`]. Without one,
+//! logs are answered 400 as a real server does for a pod whose containers are not running.
+//! (`pods/portforward` needs no hook: it reaches the pod at its `status.podIP`, see
+//! [`crate::portforward`].)
 
 /// Options of a `pods/log` request (the query parameters kubectl sends).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -39,14 +38,6 @@ pub trait PodRuntime: Send + Sync {
         pod: &str,
         options: &LogOptions,
     ) -> Result<Vec<u8>, PodRuntimeError>;
-
-    /// Where a pod's `port` can be reached from this host, for port forwarding.
-    fn port_address(
-        &self,
-        namespace: &str,
-        pod: &str,
-        port: u16,
-    ) -> Result<SocketAddr, PodRuntimeError>;
 }
 
 impl LogOptions {

@@ -322,7 +322,8 @@ impl Emulator {
                 let v = self.token_request(namespace, name, body)?;
                 return Ok(json_response(StatusCode::CREATED, &v));
             }
-            Sub::Log | Sub::PortForward => return self.pod_stream(&t, sub, query),
+            Sub::Log => return self.pod_logs(&t, query),
+            Sub::PortForward => return self.port_forward(req, &t, user),
             Sub::None | Sub::Status | Sub::Scale => {}
         }
         if sub == Sub::Scale {
@@ -409,37 +410,25 @@ impl Emulator {
 }
 
 impl Emulator {
-    /// `pods/log` and `pods/portforward`: answered by the registered [`crate::PodRuntime`].
-    fn pod_stream(
-        &self,
-        t: &Target,
-        sub: Sub,
-        query: &Query,
-    ) -> Result<Response<ResponseBody>, ApiError> {
+    /// `pods/log`: answered by the registered [`crate::PodRuntime`].
+    fn pod_logs(&self, t: &Target, query: &Query) -> Result<Response<ResponseBody>, ApiError> {
         ops::get(&self.inner.store.lock(), t)?;
-        let runtime = self.inner.pod_runtime.read().clone();
-        match (sub, runtime) {
-            (Sub::Log, Some(rt)) => {
-                let opts = crate::pods::LogOptions::from_query(query);
-                let logs = rt.logs(&t.namespace, &t.name, &opts).map_err(|e| match e {
-                    PodRuntimeError::NotRunning(why) => ApiError::BadRequest(why),
-                    PodRuntimeError::Io(e) => ApiError::Internal(format!("reading the logs: {e}")),
-                })?;
-                Ok(Response::builder()
-                    .status(StatusCode::OK)
-                    .header(header::CONTENT_TYPE, "text/plain")
-                    .body(Full::new(Bytes::from(logs)).boxed_unsync())
-                    .expect("valid response"))
-            }
-            (Sub::Log, None) => Err(ApiError::BadRequest(format!(
+        let Some(rt) = self.inner.pod_runtime.read().clone() else {
+            return Err(ApiError::BadRequest(format!(
                 "the containers of pod \"{}\" are not running: no pod runtime is registered with the emulator",
                 t.name
-            ))),
-            _ => Err(ApiError::BadRequest(
-                "port forwarding needs a SPDY or WebSocket upgrade, which the emulator does not serve"
-                    .into(),
-            )),
-        }
+            )));
+        };
+        let opts = crate::pods::LogOptions::from_query(query);
+        let logs = rt.logs(&t.namespace, &t.name, &opts).map_err(|e| match e {
+            PodRuntimeError::NotRunning(why) => ApiError::BadRequest(why),
+            PodRuntimeError::Io(e) => ApiError::Internal(format!("reading the logs: {e}")),
+        })?;
+        Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Full::new(Bytes::from(logs)).boxed_unsync())
+            .expect("valid response"))
     }
 }
 

@@ -11,16 +11,20 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::portforward::ServerShutdown;
 use crate::{Emulator, EmulatorError, kubeconfig};
 
 /// A running server. Dropping it stops the listener and every open connection (watches
-/// included).
+/// and port-forward tunnels included).
 pub struct Server {
     addr: SocketAddr,
     tls: bool,
     ca_pem: String,
     admin_token: String,
     task: tokio::task::JoinHandle<()>,
+    /// Dropped with the server: upgraded connections (which hyper hands over and no longer
+    /// tracks) end when it goes.
+    _shutdown: tokio::sync::watch::Sender<()>,
 }
 
 impl Server {
@@ -44,6 +48,7 @@ impl Server {
         let admin_token = emu.admin_token();
         let is_tls = tls.is_some();
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let (shutdown, stopped) = tokio::sync::watch::channel(());
         let task = tokio::spawn(async move {
             // Connections live in the set, so aborting this task ends them too.
             let mut connections = JoinSet::new();
@@ -52,19 +57,27 @@ impl Server {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
                         let _ = stream.set_nodelay(true);
-                        let service = TowerToHyperService::new(emu.clone());
+                        let stopped = ServerShutdown(stopped.clone());
+                        let service = TowerToHyperService::new(
+                            tower::ServiceBuilder::new()
+                                .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                                    req.extensions_mut().insert(stopped.clone());
+                                    req
+                                })
+                                .service(emu.clone()),
+                        );
                         let acceptor = acceptor.clone();
                         connections.spawn(async move {
                             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                             let served = match acceptor {
                                 Some(acceptor) => match acceptor.accept(stream).await {
-                                    Ok(tls) => builder.serve_connection(TokioIo::new(tls), service).await,
+                                    Ok(tls) => builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await,
                                     Err(e) => {
                                         tracing::debug!("TLS handshake failed: {e}");
                                         return;
                                     }
                                 },
-                                None => builder.serve_connection(TokioIo::new(stream), service).await,
+                                None => builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
                             };
                             if let Err(e) = served {
                                 tracing::debug!("connection ended: {e}");
@@ -81,6 +94,7 @@ impl Server {
             ca_pem,
             admin_token,
             task,
+            _shutdown: shutdown,
         })
     }
 

@@ -310,15 +310,6 @@ impl PodRuntime for CapturedLogs {
             ))),
         }
     }
-
-    fn port_address(
-        &self,
-        _ns: &str,
-        pod: &str,
-        _port: u16,
-    ) -> Result<std::net::SocketAddr, PodRuntimeError> {
-        Err(PodRuntimeError::NotRunning(format!("{pod} serves no port")))
-    }
 }
 
 #[tokio::test]

@@ -60,6 +60,34 @@ pub fn build(context: &Path, containerfile: &str, tag: &str) -> Result<()> {
     Ok(())
 }
 
+/// Assembles `component`'s image from `binary` (its root directory under
+/// `work/<component's image>`) and loads it into Podman as `image`, with `labels`.
+pub fn build_component(
+    work: &Path,
+    component: &Component,
+    binary: &Path,
+    image: &str,
+    labels: &[(&str, &str)],
+) -> Result<()> {
+    let context = work.join(component.image);
+    rootfs::assemble(&context.join("rootfs"), component, binary)?;
+    build(&context, &containerfile(component, labels), image)
+}
+
+/// Loads the agent's test-only layer (SoftHSM2 and the vpcd reader,
+/// [`crate::components::TEST_LAYER`]) over the image `base` as `image`, with `labels`
+/// (its context under `work/softhsm-layer`).
+pub fn build_test_layer(
+    work: &Path,
+    base: &str,
+    image: &str,
+    labels: &[(&str, &str)],
+) -> Result<()> {
+    let context = work.join("softhsm-layer");
+    rootfs::test_layer(&context.join("layer"))?;
+    build(&context, &layer_containerfile(base, labels), image)
+}
+
 /// Every entry of an image's file system, one line each: the mode string, the path, and for
 /// a link its target (`lrwxrwxrwx /lib -> usr/lib`), sorted by path.
 pub fn file_list(image: &str, labels: &[(&str, &str)]) -> Result<Vec<String>> {

@@ -9,7 +9,7 @@ mod common;
 
 use common::{Cleanup, binary, build_image};
 use delivery::components::{AGENT, TEST_TOKEN_DIR as TOKEN_DIR};
-use delivery::{podman, rootfs};
+use delivery::podman;
 use hsm_proto::v1::hsm_agent_client::HsmAgentClient;
 use hsm_proto::v1::{ReadSecretRequest, SecretData, WriteSecretRequest};
 use rcgen::{
@@ -22,15 +22,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// The agent image plus SoftHSM2 and its configuration.
 fn build_test_layer(cleanup: &Cleanup, agent: &str) -> String {
-    let context = cleanup.dir.path().join("softhsm-layer");
-    rootfs::test_layer(&context.join("layer")).unwrap();
     let image = "localhost/hsm-agent-softhsm:test".to_owned();
-    podman::build(
-        &context,
-        &podman::layer_containerfile(agent, &cleanup.labels()),
-        &image,
-    )
-    .unwrap();
+    podman::build_test_layer(cleanup.dir.path(), agent, &image, &cleanup.labels()).unwrap();
     image
 }
 

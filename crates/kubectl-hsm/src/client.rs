@@ -58,6 +58,15 @@ pub enum ClientError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    /// The port-forward to the manager's pod reported why it could not carry the
+    /// connection (the API server's message on the tunnel's error channel).
+    #[error("cannot reach the manager at {url}: the port-forward failed: {message}")]
+    Tunnel {
+        /// The base URL (the local end of the port-forward).
+        url: String,
+        /// The message.
+        message: String,
+    },
     /// No complete answer within the deadline.
     #[error("the manager at {url} did not answer within {after:?}")]
     Timeout {
@@ -139,7 +148,9 @@ impl ClientError {
             ClientError::BadUrl { .. } | ClientError::Ca { .. } | ClientError::NotText { .. } => {
                 Kind::Invalid
             }
-            ClientError::Connect { .. } | ClientError::Timeout { .. } => Kind::Unreachable,
+            ClientError::Connect { .. }
+            | ClientError::Tunnel { .. }
+            | ClientError::Timeout { .. } => Kind::Unreachable,
             ClientError::Auth(_) => Kind::Refused,
             ClientError::Api { status, .. } => match *status {
                 400 | 409 | 413 | 422 => Kind::Invalid,
@@ -227,7 +238,12 @@ pub struct Transport {
     base: String,
     http: Http,
     timeout: Duration,
+    tunnel: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
+
+/// How long a failed connection waits for the port-forward's reason (it travels apart from
+/// the bytes, so it may land a moment after the connection closed).
+const TUNNEL_REASON_WAIT: Duration = Duration::from_secs(1);
 
 impl Transport {
     /// A transport to `base` (`http://host:port` or `https://…`, no path needed). For
@@ -266,7 +282,27 @@ impl Transport {
             base,
             http,
             timeout,
+            tunnel: None,
         })
+    }
+
+    /// A transport whose base is the local end of a port-forward: a connection that fails
+    /// is reported with the reason the port-forward gave, when it gave one.
+    pub fn through_tunnel(
+        mut self,
+        failures: tokio::sync::watch::Receiver<Option<String>>,
+    ) -> Self {
+        self.tunnel = Some(failures);
+        self
+    }
+
+    /// The port-forward's reason for a failed connection, if it gives one soon.
+    async fn tunnel_failure(&self) -> Option<String> {
+        let mut failures = self.tunnel.clone()?;
+        match tokio::time::timeout(TUNNEL_REASON_WAIT, failures.wait_for(Option::is_some)).await {
+            Ok(Ok(reason)) => reason.clone(),
+            _ => None,
+        }
     }
 
     /// The base URL.
@@ -313,14 +349,24 @@ impl Transport {
             reason: "cannot form a request URL",
         })?;
         let exchange = async {
-            let response = match &self.http {
+            let response = match match &self.http {
                 Http::Plain(client) => client.request(request).await,
                 Http::Tls(client) => client.request(request).await,
-            }
-            .map_err(|source| ClientError::Connect {
-                url: self.base.clone(),
-                source,
-            })?;
+            } {
+                Ok(response) => response,
+                Err(source) => {
+                    return Err(match self.tunnel_failure().await {
+                        Some(message) => ClientError::Tunnel {
+                            url: self.base.clone(),
+                            message,
+                        },
+                        None => ClientError::Connect {
+                            url: self.base.clone(),
+                            source,
+                        },
+                    });
+                }
+            };
             let status = response.status();
             let bytes = response
                 .into_body()

@@ -7,6 +7,8 @@
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
 
 /// The manager's REST port.
 pub const API_PORT: u16 = 8090;
@@ -32,11 +34,14 @@ pub enum ConnectError {
         .0.join(", ")
     )]
     Ambiguous(Vec<String>),
-    /// No Service.
+    /// No Service where the namespace order led.
     #[error(
-        "service {SERVICE_NAME} not found in namespace {0} (is the operator installed there? use -n)"
+        "service {SERVICE_NAME} not found in namespace {} ({}): is the operator installed? \
+         name its namespace with -n or {NAMESPACE_ENV}",
+        .0.name,
+        .0.source
     )]
-    NoService(String),
+    NoService(OperatorNamespace),
     /// The Service has no port 8090.
     #[error("service {SERVICE_NAME} in namespace {0} does not expose port {API_PORT}")]
     NoApiPort(String),
@@ -72,6 +77,46 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The operator's namespace, and which step of the namespace order gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorNamespace {
+    /// The namespace.
+    pub name: String,
+    /// Where it came from.
+    pub source: NamespaceSource,
+}
+
+/// The steps of the namespace order, so an error can say which namespaces were tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceSource {
+    /// `-n`.
+    Flag,
+    /// `$HSM_OPERATOR_NAMESPACE`.
+    Environment,
+    /// The one namespace the cluster-wide search found the Service in.
+    Search,
+    /// The default, after a search of every namespace that found no Service.
+    DefaultAfterSearch,
+    /// The default, because services may not be listed cluster-wide.
+    DefaultUnsearched,
+}
+
+impl std::fmt::Display for NamespaceSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NamespaceSource::Flag => "given with -n",
+            NamespaceSource::Environment => "given by HSM_OPERATOR_NAMESPACE",
+            NamespaceSource::Search => "where the search of every namespace found it",
+            NamespaceSource::DefaultAfterSearch => {
+                "the default, tried after the search of every namespace found none"
+            }
+            NamespaceSource::DefaultUnsearched => {
+                "the default: services may not be listed in every namespace to search for it"
+            }
+        })
+    }
 }
 
 /// A Kubernetes client, and the kubeconfig's namespace and cluster URL.
@@ -112,18 +157,32 @@ impl Kube {
 }
 
 /// `-n`, else `$HSM_OPERATOR_NAMESPACE` (empty counts as unset).
-pub fn explicit_namespace(flag: Option<&str>, env: Option<&str>) -> Option<String> {
-    flag.or(env).filter(|ns| !ns.is_empty()).map(str::to_owned)
+pub fn explicit_namespace(flag: Option<&str>, env: Option<&str>) -> Option<OperatorNamespace> {
+    let given = |value: Option<&str>, source| {
+        value
+            .filter(|ns| !ns.is_empty())
+            .map(|ns| OperatorNamespace {
+                name: ns.to_owned(),
+                source,
+            })
+    };
+    given(flag, NamespaceSource::Flag).or_else(|| given(env, NamespaceSource::Environment))
 }
 
 /// The namespace from the cluster-wide search for the Service: the one namespace holding
 /// it, the default when none does, an error when several do.
-pub fn namespace_from_search(mut found: Vec<String>) -> Result<String, ConnectError> {
+pub fn namespace_from_search(mut found: Vec<String>) -> Result<OperatorNamespace, ConnectError> {
     found.sort();
     found.dedup();
     match found.len() {
-        0 => Ok(DEFAULT_NAMESPACE.to_owned()),
-        1 => Ok(found.remove(0)),
+        0 => Ok(OperatorNamespace {
+            name: DEFAULT_NAMESPACE.to_owned(),
+            source: NamespaceSource::DefaultAfterSearch,
+        }),
+        1 => Ok(OperatorNamespace {
+            name: found.remove(0),
+            source: NamespaceSource::Search,
+        }),
         _ => Err(ConnectError::Ambiguous(found)),
     }
 }
@@ -164,7 +223,7 @@ pub async fn resolve_namespace(
     kube: &Kube,
     flag: Option<&str>,
     env: Option<&str>,
-) -> Result<String, ConnectError> {
+) -> Result<OperatorNamespace, ConnectError> {
     if let Some(ns) = explicit_namespace(flag, env) {
         return Ok(ns);
     }
@@ -179,7 +238,10 @@ pub async fn resolve_namespace(
         ),
         Err(kube::Error::Api(status)) if status.code == 403 => {
             tracing::info!("may not list services cluster-wide: using {DEFAULT_NAMESPACE}");
-            Ok(DEFAULT_NAMESPACE.to_owned())
+            Ok(OperatorNamespace {
+                name: DEFAULT_NAMESPACE.to_owned(),
+                source: NamespaceSource::DefaultUnsearched,
+            })
         }
         Err(source) => Err(ConnectError::Kube {
             action: format!("search for service {SERVICE_NAME}"),
@@ -188,8 +250,12 @@ pub async fn resolve_namespace(
     }
 }
 
-/// The manager pod behind the Service in `namespace`.
-pub async fn find_manager_pod(kube: &Kube, namespace: &str) -> Result<String, ConnectError> {
+/// The manager pod behind the Service in the operator's namespace.
+pub async fn find_manager_pod(
+    kube: &Kube,
+    operator: &OperatorNamespace,
+) -> Result<String, ConnectError> {
+    let namespace = operator.name.as_str();
     let services: Api<Service> = Api::namespaced(kube.client.clone(), namespace);
     let service = services
         .get_opt(SERVICE_NAME)
@@ -198,7 +264,7 @@ pub async fn find_manager_pod(kube: &Kube, namespace: &str) -> Result<String, Co
             action: format!("read service {namespace}/{SERVICE_NAME}"),
             source,
         })?
-        .ok_or_else(|| ConnectError::NoService(namespace.to_owned()))?;
+        .ok_or_else(|| ConnectError::NoService(operator.clone()))?;
     if !exposes_api_port(&service) {
         return Err(ConnectError::NoApiPort(namespace.to_owned()));
     }
@@ -219,6 +285,15 @@ pub struct Forward {
     /// Where to connect.
     pub local: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    failures: watch::Receiver<Option<String>>,
+}
+
+impl Forward {
+    /// The last reason a forwarded connection failed, as the API server gave it on the
+    /// tunnel's error channel (e.g. nothing listens on the pod's port).
+    pub fn failures(&self) -> watch::Receiver<Option<String>> {
+        self.failures.clone()
+    }
 }
 
 impl Drop for Forward {
@@ -237,31 +312,50 @@ pub async fn port_forward(
     local_port: u16,
 ) -> Result<Forward, ConnectError> {
     let pods: Api<Pod> = Api::namespaced(kube.client.clone(), namespace);
-    let first = dial(&pods, pod)
-        .await
-        .map_err(|source| ConnectError::PortForward {
-            namespace: namespace.to_owned(),
-            pod: pod.to_owned(),
-            source,
-        })?;
+    let (report, failures) = watch::channel(None);
+    let report = Arc::new(report);
+    let first =
+        dial(&pods, pod, report.clone())
+            .await
+            .map_err(|source| ConnectError::PortForward {
+                namespace: namespace.to_owned(),
+                pod: pod.to_owned(),
+                source,
+            })?;
     let pod = pod.to_owned();
-    bridge(local_port, first, move || {
-        let (pods, pod) = (pods.clone(), pod.clone());
-        async move { dial(&pods, &pod).await }
+    let mut forward = bridge(local_port, first, move || {
+        let (pods, pod, report) = (pods.clone(), pod.clone(), report.clone());
+        async move { dial(&pods, &pod, report).await }
     })
     .await
     .map_err(|source| ConnectError::Listen {
         port: local_port,
         source,
-    })
+    })?;
+    forward.failures = failures;
+    Ok(forward)
 }
 
-/// One connection to the pod's API port through the Kubernetes API (WebSocket).
-async fn dial(pods: &Api<Pod>, pod: &str) -> Result<tokio::io::DuplexStream, kube::Error> {
+/// One connection to the pod's API port through the Kubernetes API (WebSocket); what the
+/// API server says on the port's error channel goes to `report`.
+async fn dial(
+    pods: &Api<Pod>,
+    pod: &str,
+    report: Arc<watch::Sender<Option<String>>>,
+) -> Result<tokio::io::DuplexStream, kube::Error> {
     let mut forwarder = pods.portforward(pod, &[API_PORT]).await?;
     let stream = forwarder
         .take_stream(API_PORT)
         .expect("the stream of the one port asked for");
+    let error = forwarder
+        .take_error(API_PORT)
+        .expect("the error channel of the one port asked for");
+    tokio::spawn(async move {
+        if let Some(message) = error.await {
+            tracing::debug!("port-forward error: {message}");
+            report.send_replace(Some(message));
+        }
+    });
     // The forwarder's task ends when the stream is closed.
     tokio::spawn(async move {
         if let Err(e) = forwarder.join().await {
@@ -306,7 +400,11 @@ where
             });
         }
     });
-    Ok(Forward { local, task })
+    Ok(Forward {
+        local,
+        task,
+        failures: watch::channel(None).1,
+    })
 }
 
 #[cfg(test)]
@@ -334,23 +432,57 @@ mod tests {
         }
     }
 
+    fn ns(name: &str, source: NamespaceSource) -> Option<OperatorNamespace> {
+        Some(OperatorNamespace {
+            name: name.into(),
+            source,
+        })
+    }
+
     #[test]
     fn the_namespace_flag_wins_then_the_environment() {
+        use NamespaceSource::*;
+        assert_eq!(explicit_namespace(Some("a"), Some("b")), ns("a", Flag));
+        assert_eq!(explicit_namespace(None, Some("b")), ns("b", Environment));
         assert_eq!(
-            explicit_namespace(Some("a"), Some("b")).as_deref(),
-            Some("a")
+            explicit_namespace(Some(""), Some("b")),
+            ns("b", Environment)
         );
-        assert_eq!(explicit_namespace(None, Some("b")).as_deref(), Some("b"));
         assert_eq!(explicit_namespace(None, Some("")), None);
         assert_eq!(explicit_namespace(None, None), None);
     }
 
     #[test]
     fn the_search_gives_one_namespace_the_default_or_an_error() {
-        assert_eq!(namespace_from_search(vec![]).unwrap(), DEFAULT_NAMESPACE);
-        assert_eq!(namespace_from_search(vec!["ops".into()]).unwrap(), "ops");
+        use NamespaceSource::*;
+        assert_eq!(
+            namespace_from_search(vec![]).ok(),
+            ns(DEFAULT_NAMESPACE, DefaultAfterSearch)
+        );
+        assert_eq!(
+            namespace_from_search(vec!["ops".into(), "ops".into()]).ok(),
+            ns("ops", Search)
+        );
         let e = namespace_from_search(vec!["b".into(), "a".into()]).unwrap_err();
         assert!(e.to_string().contains("a, b"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_service_names_the_namespaces_tried() {
+        let e = ConnectError::NoService(
+            ns(DEFAULT_NAMESPACE, NamespaceSource::DefaultAfterSearch).unwrap(),
+        );
+        assert_eq!(
+            e.to_string(),
+            "service hsm-secrets-operator-api not found in namespace hsm-secrets-operator-system \
+             (the default, tried after the search of every namespace found none): is the \
+             operator installed? name its namespace with -n or HSM_OPERATOR_NAMESPACE"
+        );
+        let e = ConnectError::NoService(ns("ops", NamespaceSource::Flag).unwrap());
+        assert!(
+            e.to_string().contains("namespace ops (given with -n)"),
+            "{e}"
+        );
     }
 
     #[test]

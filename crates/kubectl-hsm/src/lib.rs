@@ -252,16 +252,18 @@ pub async fn connect(global: &Global) -> Result<Session, Failure> {
     }
     let kube = connect::Kube::load(global.context.as_deref()).await?;
     let env = std::env::var(connect::NAMESPACE_ENV).ok();
-    let namespace =
+    let operator =
         connect::resolve_namespace(&kube, global.namespace.as_deref(), env.as_deref()).await?;
-    let pod = connect::find_manager_pod(&kube, &namespace).await?;
+    let pod = connect::find_manager_pod(&kube, &operator).await?;
+    let namespace = operator.name;
     let forward = connect::port_forward(&kube, &namespace, &pod, global.local_port).await?;
     tracing::debug!(
         "port-forwarding {} to {namespace}/{pod}:{}",
         forward.local,
         connect::API_PORT
     );
-    let transport = Transport::new(&format!("http://{}", forward.local), global.timeout, None)?;
+    let transport = Transport::new(&format!("http://{}", forward.local), global.timeout, None)?
+        .through_tunnel(forward.failures());
     let manager = format!(
         "{} service {namespace}/{}",
         kube.cluster,

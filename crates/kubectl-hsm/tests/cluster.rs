@@ -215,12 +215,16 @@ async fn the_manager_is_found_as_the_go_plugin_finds_it() {
         ran.stderr
     );
     assert!(ran.stderr.contains("namespace ops"), "{}", ran.stderr);
-    // With a running pod, the port-forward is tried (this emulator serves none).
+    // With a running pod, the port-forward is tried; this pod is bound to no node, which
+    // the API server refuses before any upgrade (tests/discovery.rs forwards for real).
     cluster.running_manager_pod("ops", "manager-0").await;
     let ran = run(plugin.bare(&["list"]), "").code(3).one_line_error();
     assert!(
         ran.stderr
-            .contains("cannot port-forward to pod ops/manager-0:8090"),
+            .contains("cannot port-forward to pod ops/manager-0:8090")
+            && ran
+                .stderr
+                .contains("pod manager-0 does not have a host assigned"),
         "{}",
         ran.stderr
     );

@@ -1,19 +1,34 @@
-//! How a planned container is run: the [`Backend`] seam, and the local-process backend.
+//! How a planned container is run: the [`Backend`] and [`Sandbox`] seam, and the
+//! local-process backend.
 //!
-//! A local container is a child process in its own process group, with exactly the planned
-//! environment, its output appended to the pod's log file, and `PR_SET_PDEATHSIG` so it dies
-//! with the runner even when the runner is killed. Stopping sends SIGTERM to the group, then
-//! SIGKILL.
+//! A pod first gets a sandbox (what its containers share: an address, and for containers
+//! the network namespace), then its containers start in it. A local sandbox is a loopback
+//! address 127.0.X.Y held for the pod; a local container is a child process in its own
+//! process group, with exactly the planned environment, its output appended to the pod's
+//! log file, and `PR_SET_PDEATHSIG` so it dies with the runner even when the runner is
+//! killed. Stopping sends SIGTERM to the group, then SIGKILL.
 
-use crate::plan::ContainerPlan;
+use crate::addresses::{self, AddressError, Lease};
+use crate::plan::{ContainerPlan, Program};
 use async_trait::async_trait;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use parking::Registry;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
+
+/// The pod a sandbox is for.
+#[derive(Debug, Clone, Copy)]
+pub struct PodRef<'a> {
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// Its name.
+    pub name: &'a str,
+    /// Its uid.
+    pub uid: &'a str,
+}
 
 /// What a backend needs to start one container.
 #[derive(Debug, Clone, Copy)]
@@ -22,40 +37,79 @@ pub struct Launch<'a> {
     pub pod: &'a str,
     /// The container.
     pub plan: &'a ContainerPlan,
-    /// The pod's address.
-    pub ip: Ipv4Addr,
     /// The log file (appended to).
     pub log: &'a Path,
-    /// The working directory (the pod's private directory).
+    /// The working directory of a process (the pod's private directory).
     pub workdir: &'a Path,
 }
 
-/// A container could not be started.
+/// A pod's sandbox or a container could not be set up or started. Never carries a Secret's
+/// value.
 #[derive(Debug, thiserror::Error)]
-#[error("starting {executable}: {source}")]
-pub struct BackendError {
-    /// The executable.
-    pub executable: String,
-    /// Why.
-    #[source]
-    pub source: std::io::Error,
+pub enum BackendError {
+    /// A process could not be started.
+    #[error("starting {executable}: {source}")]
+    Spawn {
+        /// The executable.
+        executable: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No address was left for the pod.
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// The plan is for another kind of backend (an image given to the process backend, or
+    /// an executable to a container backend): the runner's [`crate::Runtime`] does not
+    /// match its backend.
+    #[error("container {container}: {what}")]
+    WrongRuntime {
+        /// Container.
+        container: String,
+        /// What did not match.
+        what: &'static str,
+    },
+    /// Podman refused or failed.
+    #[error("{action}: {source}")]
+    Podman {
+        /// What was being done.
+        action: String,
+        /// Why.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// Setting up the Podman backend failed (the socket service, the network, the pause
+    /// image).
+    #[error("{0}")]
+    Setup(String),
+    /// The container would run as root although its security context says `runAsNonRoot`.
+    #[error("container {container}: container has runAsNonRoot and image will run as root")]
+    RunsAsRoot {
+        /// Container.
+        container: String,
+    },
 }
 
-/// Runs containers: local processes now; Podman containers are meant to be another
-/// implementation.
+/// Runs pods: local processes ([`LocalProcesses`]) or Podman containers
+/// ([`crate::Podman`]).
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
-    /// Starts a container.
-    async fn start(&self, launch: Launch<'_>) -> Result<Box<dyn Running>, BackendError>;
+    /// Sets up what the pod's containers share; the pod runs until the sandbox is closed.
+    async fn sandbox(&self, pod: PodRef<'_>) -> Result<Box<dyn Sandbox>, BackendError>;
     /// Kills at once everything this backend started that still runs (the runner is going).
+    /// May block; callable inside or outside a Tokio runtime.
     fn kill_all(&self);
-    /// Whether containers see their volumes at their mount paths (a container runtime
-    /// mounts the pod's volume directories there). Local processes do not: their arguments
-    /// and environment are rewritten to the pod's directory, and a ServiceAccount mount
-    /// comes to them as a kubeconfig.
-    fn mounts_in_place(&self) -> bool {
-        false
-    }
+}
+
+/// What a pod's containers share: its address, and for containers its network namespace.
+#[async_trait]
+pub trait Sandbox: Send + Sync {
+    /// The pod's address (`status.podIP`), where probes reach it.
+    fn ip(&self) -> Ipv4Addr;
+    /// Starts a container in the pod.
+    async fn start(&self, launch: Launch<'_>) -> Result<Box<dyn Running>, BackendError>;
+    /// Releases the sandbox once every container of the pod has ended.
+    async fn close(self: Box<Self>);
 }
 
 /// A started container.
@@ -102,24 +156,74 @@ mod parking {
     }
 }
 
-/// Containers as local processes.
-#[derive(Debug, Default, Clone)]
+/// Containers as local processes, each pod on its own loopback address.
+#[derive(Debug, Clone)]
 pub struct LocalProcesses {
     live: Arc<Registry>,
+    address_locks: PathBuf,
+}
+
+impl Default for LocalProcesses {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl LocalProcesses {
-    /// A backend with nothing started.
+    /// A backend with nothing started, keeping its address locks in the default place.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_address_locks(crate::RunnerConfig::new("", "").address_locks)
+    }
+
+    /// A backend keeping the lock files of its pods' addresses in `dir` (shared by every
+    /// runner of the machine, so that no two pods get one address).
+    pub fn with_address_locks(dir: impl Into<PathBuf>) -> Self {
+        LocalProcesses {
+            live: Arc::default(),
+            address_locks: dir.into(),
+        }
     }
 }
 
 #[async_trait]
 impl Backend for LocalProcesses {
+    async fn sandbox(&self, _pod: PodRef<'_>) -> Result<Box<dyn Sandbox>, BackendError> {
+        let lease = addresses::take(&self.address_locks)?;
+        Ok(Box::new(LocalSandbox {
+            lease,
+            live: self.live.clone(),
+        }))
+    }
+
+    fn kill_all(&self) {
+        for pgid in self.live.all() {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            self.live.remove(pgid);
+        }
+    }
+}
+
+/// A pod of local processes: its address, held until closed.
+struct LocalSandbox {
+    lease: Lease,
+    live: Arc<Registry>,
+}
+
+#[async_trait]
+impl Sandbox for LocalSandbox {
+    fn ip(&self) -> Ipv4Addr {
+        self.lease.ip()
+    }
+
     async fn start(&self, launch: Launch<'_>) -> Result<Box<dyn Running>, BackendError> {
-        let err = |source| BackendError {
-            executable: launch.plan.executable.display().to_string(),
+        let Program::Executable(executable) = &launch.plan.program else {
+            return Err(BackendError::WrongRuntime {
+                container: launch.plan.name.clone(),
+                what: "the process backend runs executables, not images",
+            });
+        };
+        let err = |source| BackendError::Spawn {
+            executable: executable.display().to_string(),
             source,
         };
         let log = std::fs::OpenOptions::new()
@@ -128,7 +232,7 @@ impl Backend for LocalProcesses {
             .open(launch.log)
             .map_err(err)?;
         let log2 = log.try_clone().map_err(err)?;
-        let mut command = tokio::process::Command::new(&launch.plan.executable);
+        let mut command = tokio::process::Command::new(executable);
         command
             .args(&launch.plan.args)
             .env_clear()
@@ -155,7 +259,7 @@ impl Backend for LocalProcesses {
             .and_then(|id| i32::try_from(id).ok())
             .unwrap_or_default();
         self.live.add(pgid);
-        tracing::debug!(pod = launch.pod, container = %launch.plan.name, pid = pgid, ip = %launch.ip, "started");
+        tracing::debug!(pod = launch.pod, container = %launch.plan.name, pid = pgid, ip = %self.ip(), "started");
         Ok(Box::new(LocalProcess {
             child,
             pgid,
@@ -164,12 +268,7 @@ impl Backend for LocalProcesses {
         }))
     }
 
-    fn kill_all(&self) {
-        for pgid in self.live.all() {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-            self.live.remove(pgid);
-        }
-    }
+    async fn close(self: Box<Self>) {}
 }
 
 struct LocalProcess {

@@ -55,13 +55,68 @@ impl ImageTable {
 
     /// The executable for an image, if the table knows it.
     pub fn resolve(&self, image: &str) -> Option<&Path> {
-        let repository = repository(image);
-        let last = repository.rsplit('/').next().unwrap_or(repository);
-        [image, repository, last]
-            .into_iter()
-            .find_map(|k| self.images.get(k))
-            .map(PathBuf::as_path)
+        lookup(&self.images, image).map(PathBuf::as_path)
     }
+}
+
+/// The most specific key of `map` that matches `image` (see [`ImageTable`]).
+fn lookup<'a, V>(map: &'a BTreeMap<String, V>, image: &str) -> Option<&'a V> {
+    let repository = repository(image);
+    let last = repository.rsplit('/').next().unwrap_or(repository);
+    [image, repository, last]
+        .into_iter()
+        .find_map(|k| map.get(k))
+}
+
+/// Images the runner knows, each mapped to a local container image (`localhost/hsm-agent:dev`)
+/// that stands for it: nothing is ever pulled. Keys match as in [`ImageTable`].
+#[derive(Debug, Clone, Default)]
+pub struct ContainerImages {
+    images: BTreeMap<String, String>,
+}
+
+impl ContainerImages {
+    /// An empty table: every image is unknown.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) an image.
+    pub fn with(mut self, image: impl Into<String>, local: impl Into<String>) -> Self {
+        self.insert(image, local);
+        self
+    }
+
+    /// Adds (or replaces) an image.
+    pub fn insert(&mut self, image: impl Into<String>, local: impl Into<String>) {
+        self.images.insert(image.into(), local.into());
+    }
+
+    /// Parses `NAME=IMAGE` (the binary's `--container-image` option) and adds it.
+    pub fn insert_pair(&mut self, spec: &str) -> Result<(), PairError> {
+        let (k, v) = pair(spec)?;
+        self.insert(k, v);
+        Ok(())
+    }
+
+    /// The local image for an image, if the table knows it.
+    pub fn resolve(&self, image: &str) -> Option<&str> {
+        lookup(&self.images, image).map(String::as_str)
+    }
+}
+
+/// How a pod's containers run, and so how the runner reads a container spec.
+#[derive(Debug, Clone, Default)]
+pub enum Runtime {
+    /// Local processes: each image stands for an executable ([`RunnerConfig::images`]), and
+    /// mount paths in arguments and environment are rewritten to the pod's directories, which
+    /// stay owner-only.
+    #[default]
+    Processes,
+    /// Containers of local images (the Podman backend): `command` and `args` as written,
+    /// volumes mounted at their mount paths, the security context applied, volume files
+    /// readable by the container's user.
+    Containers(ContainerImages),
 }
 
 /// The image without its `:tag` and `@digest`.
@@ -232,6 +287,8 @@ pub struct RunnerConfig {
     /// requested anew and rewritten (0.8, as a kubelet; tests make it smaller to see a
     /// refresh within seconds).
     pub token_refresh_fraction: f64,
+    /// Processes or containers; [`crate::PodRunner::start`] picks the backend from it.
+    pub runtime: Runtime,
 }
 
 impl RunnerConfig {
@@ -253,6 +310,7 @@ impl RunnerConfig {
             register_node: true,
             api_server: None,
             token_refresh_fraction: 0.8,
+            runtime: Runtime::Processes,
         }
     }
 }

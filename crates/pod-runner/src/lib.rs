@@ -24,7 +24,7 @@
 //!   mounts the token at `/var/run/secrets/kubernetes.io/serviceaccount` (the API server's
 //!   ServiceAccount admission adds that mount) gets a kubeconfig of it in `KUBECONFIG`
 //!   (server, `ca.crt`, the token as `tokenFile`), unless [`RunnerConfig::pod_env`] sets
-//!   one. A container runtime backend ([`Backend::mounts_in_place`]) mounts the volume
+//!   one. A container runtime ([`Runtime::Containers`]) mounts the volume
 //!   directory at its path instead.
 //! - Each pod gets its own loopback address 127.0.X.Y as `status.podIP`; readiness and
 //!   liveness probes (httpGet, tcpSocket) run against it; containers are restarted with
@@ -33,6 +33,12 @@
 //! - A deleted Pod, Deployment or DaemonSet stops its processes (SIGTERM, SIGKILL after the
 //!   grace period) and the Pod is deleted as a kubelet does (grace period 0). Every process
 //!   dies with the runner: when it is stopped, dropped, or killed (`PR_SET_PDEATHSIG`).
+//!
+//! With [`Runtime::Containers`] the pods run as Podman containers of local images instead
+//! ([`podman`]): one internal network per runner whose gateway is this machine, an infra
+//! container per pod holding its address (`status.podIP`) and network namespace, each
+//! container joining it, `command`/`args`/`env` as written, volumes bind-mounted at their
+//! mount paths, the security context applied. The rest (probes, restarts, status) is the same.
 //!
 //! Anything it cannot honour (an unknown image, an unmapped hostPath, an exec probe) is a
 //! clear error on the Pod's status (phase Failed, the container waiting with a reason), never
@@ -76,6 +82,7 @@ mod config;
 mod controller;
 pub mod desired;
 pub mod plan;
+pub mod podman;
 pub mod probe;
 pub mod projected;
 pub mod status;
@@ -83,8 +90,12 @@ mod supervisor;
 pub mod tokens;
 
 pub use addresses::AddressError;
-pub use backend::{Backend, BackendError, Launch, LocalProcesses, Running};
-pub use config::{ApiServer, ApiServerError, HostPaths, ImageTable, PairError, RunnerConfig};
+pub use backend::{Backend, BackendError, Launch, LocalProcesses, PodRef, Running, Sandbox};
+pub use config::{
+    ApiServer, ApiServerError, ContainerImages, HostPaths, ImageTable, PairError, RunnerConfig,
+    Runtime,
+};
+pub use podman::{Podman, PodmanConfig};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -115,13 +126,23 @@ pub struct PodRunner {
 }
 
 impl PodRunner {
-    /// Starts running the cluster's pods for `config.node_name` as local processes. Must be
-    /// called inside a Tokio runtime.
+    /// Starts running the cluster's pods for `config.node_name`, as local processes or, with
+    /// [`Runtime::Containers`], as Podman containers (a [`Podman`] backend whose id is the
+    /// node's name, set up when the first pod starts). Must be called inside a Tokio runtime.
     pub fn start(client: kube::Client, config: RunnerConfig) -> Result<Self, RunnerError> {
-        Self::start_with(client, config, Arc::new(LocalProcesses::new()))
+        let backend: Arc<dyn Backend> = match config.runtime {
+            Runtime::Processes => Arc::new(LocalProcesses::with_address_locks(
+                config.address_locks.clone(),
+            )),
+            Runtime::Containers(_) => {
+                Arc::new(Podman::new(PodmanConfig::new(config.node_name.clone())))
+            }
+        };
+        Self::start_with(client, config, backend)
     }
 
-    /// Starts with another way of running containers.
+    /// Starts with another way of running containers (a [`Podman`] set up beforehand with
+    /// [`Podman::connect`], for one). The backend must run what `config.runtime` plans.
     pub fn start_with(
         client: kube::Client,
         config: RunnerConfig,

@@ -1,13 +1,27 @@
 //! `pod-runner`: runs the pods of a cluster's Deployments and DaemonSets on this machine as
-//! local processes, for one node, until Ctrl-C or SIGTERM.
+//! local processes or Podman containers, for one node, until Ctrl-C or SIGTERM.
 
 use anyhow::Context;
 use clap::Parser;
-use pod_runner::{ApiServer, HostPaths, ImageTable, PodRunner, RunnerConfig};
+use pod_runner::{
+    ApiServer, ContainerImages, HostPaths, ImageTable, PodRunner, Podman, PodmanConfig,
+    RunnerConfig, Runtime,
+};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Runs the pods of Deployments and DaemonSets as local processes (test and demo support).
+/// How the pods' containers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BackendArg {
+    /// Local processes, each pod on its own loopback address (images from --image).
+    Processes,
+    /// Podman containers of local images (from --container-image) on an internal network.
+    Podman,
+}
+
+/// Runs the pods of Deployments and DaemonSets as local processes or Podman containers
+/// (test and demo support).
 #[derive(Debug, Parser)]
 #[command(name = "pod-runner", version)]
 struct Args {
@@ -38,6 +52,21 @@ struct Args {
     /// Where pods' files and logs go.
     #[arg(long, default_value = ".dev/pods")]
     state_dir: PathBuf,
+    /// How containers run.
+    #[arg(long, value_enum, default_value = "processes")]
+    backend: BackendArg,
+    /// With --backend=podman: an image and the local image that stands for it, NAME=IMAGE
+    /// (repeatable), e.g. `hsm-agent=localhost/hsm-agent:dev`.
+    #[arg(long = "container-image", value_name = "NAME=IMAGE")]
+    container_images: Vec<String>,
+    /// With --backend=podman: the runner's id, labelled on its containers and network (a
+    /// later run with the same id removes what a killed one left). Default: the node name.
+    #[arg(long)]
+    podman_id: Option<String>,
+    /// With --backend=podman: Podman's socket (default: DOCKER_HOST, then
+    /// /run/podman/podman.sock, else a `podman system service` of the runner's own).
+    #[arg(long)]
+    podman_socket: Option<PathBuf>,
 }
 
 fn pair(s: &str) -> anyhow::Result<(String, String)> {
@@ -67,7 +96,29 @@ fn config(args: &Args) -> anyhow::Result<RunnerConfig> {
     config.images = images;
     config.host_paths = host_paths;
     config.api_server = args.api_server.clone();
+    if args.backend == BackendArg::Podman {
+        let mut table = ContainerImages::new();
+        for i in &args.container_images {
+            table.insert_pair(i).context("--container-image")?;
+        }
+        config.runtime = Runtime::Containers(table);
+    }
     Ok(config)
+}
+
+/// The API server of the runner's kubeconfig as pods see it: at `host` when given (the
+/// gateway of a container network), else at the same address.
+fn api_server_of(config: &kube::Config, host: Option<String>) -> Option<ApiServer> {
+    let mut api: ApiServer = config
+        .cluster_url
+        .to_string()
+        .parse()
+        .inspect_err(|e| tracing::warn!(error = %e, "pods get no API server address"))
+        .ok()?;
+    if let Some(host) = host {
+        api.host = host;
+    }
+    Some(api)
 }
 
 #[tokio::main]
@@ -88,17 +139,33 @@ async fn main() -> anyhow::Result<()> {
         }
         None => kube::Config::infer().await?,
     };
-    if config.api_server.is_none() {
-        // Pods run on this machine: they reach the API server where the runner does.
-        config.api_server = kube_config
-            .cluster_url
-            .to_string()
-            .parse()
-            .inspect_err(|e| tracing::warn!(error = %e, "pods get no API server address"))
-            .ok();
-    }
-    let client = kube::Client::try_from(kube_config)?;
-    let runner = PodRunner::start(client, config)?;
+    let client = kube::Client::try_from(kube_config.clone())?;
+    let runner = match args.backend {
+        BackendArg::Processes => {
+            if config.api_server.is_none() {
+                // Pods run on this machine: they reach the API server where the runner does.
+                config.api_server = api_server_of(&kube_config, None);
+            }
+            PodRunner::start(client, config)?
+        }
+        BackendArg::Podman => {
+            let mut podman_config =
+                PodmanConfig::new(args.podman_id.clone().unwrap_or(args.node_name.clone()));
+            podman_config.socket = args.podman_socket.clone();
+            let podman = Podman::connect(podman_config)
+                .await
+                .context("setting up the Podman backend")?;
+            let gateway = podman
+                .gateway()
+                .context("the Podman backend has no gateway")?;
+            // Pods reach the API server on this machine through the network's gateway.
+            if config.api_server.is_none() {
+                config.api_server = api_server_of(&kube_config, Some(gateway.to_string()));
+            }
+            tracing::info!(%gateway, network = ?podman.network(), "pods reach this machine at the gateway");
+            PodRunner::start_with(client, config, Arc::new(podman))?
+        }
+    };
     tracing::info!(node = %args.node_name, "running pods; Ctrl-C stops them");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

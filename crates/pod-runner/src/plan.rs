@@ -2,7 +2,7 @@
 //! → what to do on this machine (files to write, and per container the executable, its
 //! arguments and environment, its probes), or the reasons it cannot be done.
 
-use crate::config::RunnerConfig;
+use crate::config::{RunnerConfig, Runtime};
 use crate::probe::{Probe, ProbeError};
 use crate::projected::TokenSpec;
 use k8s_openapi::api::core::v1::{Container, EnvVar, ObjectFieldSelector, Pod, Volume};
@@ -79,7 +79,7 @@ pub fn referenced(pod: &Pod) -> (Vec<String>, Vec<String>) {
 pub enum PlanError {
     /// The image is not in the runner's image table.
     #[error(
-        "container {container}: image {image:?} is not known to the pod runner (give it with --image NAME=PATH)"
+        "container {container}: image {image:?} is not known to the pod runner (give it with --image NAME=PATH, or --container-image NAME=IMAGE for containers)"
     )]
     UnknownImage {
         /// Container.
@@ -181,6 +181,12 @@ pub enum PlanError {
         /// What was asked for.
         source_desc: String,
     },
+    /// A privileged container (the runner never runs one).
+    #[error("container {container}: privileged containers are not run by the pod runner")]
+    Privileged {
+        /// Container.
+        container: String,
+    },
     /// A probe the runner cannot run.
     #[error("container {container}: {source}")]
     Probe {
@@ -204,6 +210,7 @@ impl PlanError {
             | PlanError::BadItemPath { .. }
             | PlanError::MissingToken { .. } => "FailedMount",
             PlanError::UnknownVolume { .. }
+            | PlanError::Privileged { .. }
             | PlanError::MissingSecret(_)
             | PlanError::MissingSecretKey { .. }
             | PlanError::MissingConfigMap(_)
@@ -245,17 +252,71 @@ impl std::fmt::Debug for FileToWrite {
     }
 }
 
-/// One container as a local process.
+/// What a container runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Program {
+    /// A local executable that stands for the image (the process backend).
+    Executable(PathBuf),
+    /// A local image (the container backends).
+    Image {
+        /// The local image (`localhost/hsm-agent:dev`).
+        image: String,
+        /// The entrypoint, `$(VAR)` expanded: the container's `command`, or None for the
+        /// image's own.
+        command: Option<Vec<String>>,
+    },
+}
+
+/// A volume mounted into a container (the container backends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The directory (or file) of this machine.
+    pub source: PathBuf,
+    /// Where the container sees it.
+    pub target: String,
+    /// Whether it is mounted read-only (always for Secret, ConfigMap, projected and
+    /// downwardAPI volumes, as a kubelet does).
+    pub read_only: bool,
+}
+
+/// The security context of a container (container-level settings over the pod's), as the
+/// container backends apply it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Security {
+    /// `runAsUser`.
+    pub user: Option<i64>,
+    /// `runAsGroup`.
+    pub group: Option<i64>,
+    /// `fsGroup` and `supplementalGroups`.
+    pub supplemental_groups: Vec<i64>,
+    /// `runAsNonRoot`: the backend refuses to run the container as root.
+    pub run_as_non_root: bool,
+    /// `readOnlyRootFilesystem`.
+    pub read_only_root: bool,
+    /// `capabilities.add`.
+    pub cap_add: Vec<String>,
+    /// `capabilities.drop`.
+    pub cap_drop: Vec<String>,
+    /// `allowPrivilegeEscalation: false`.
+    pub no_new_privileges: bool,
+}
+
+/// One container, as a local process or as a container of a local image.
 #[derive(Clone, PartialEq)]
 pub struct ContainerPlan {
     /// The container's name.
     pub name: String,
-    /// The executable the image stands for.
-    pub executable: PathBuf,
-    /// Its arguments (`command[1..]` then `args`), `$(VAR)` expanded, mount paths rewritten.
+    /// What it runs.
+    pub program: Program,
+    /// Its arguments, `$(VAR)` expanded: for an executable `command[1..]` then `args` with
+    /// mount paths rewritten, for an image `args` as written.
     pub args: Vec<String>,
     /// Its whole environment, in order.
     pub env: Vec<(String, String)>,
+    /// Its volumes (containers only: processes see their mount paths rewritten instead).
+    pub mounts: Vec<Mount>,
+    /// Its security context (containers only).
+    pub security: Security,
     /// Readiness probe.
     pub readiness: Option<Probe>,
     /// Liveness probe.
@@ -268,7 +329,7 @@ impl std::fmt::Debug for ContainerPlan {
         let env: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
         f.debug_struct("ContainerPlan")
             .field("name", &self.name)
-            .field("executable", &self.executable)
+            .field("program", &self.program)
             .field("args", &self.args.len())
             .field("env", &env)
             .finish()
@@ -295,11 +356,6 @@ pub struct Placement<'a> {
     pub ip: Ipv4Addr,
     /// The pod's private directory.
     pub dir: &'a Path,
-    /// Whether the containers see their volumes at their mount paths (a container runtime
-    /// mounts them) rather than as paths of the pod's directory (local processes, whose
-    /// arguments and environment are rewritten and who get a kubeconfig for their
-    /// ServiceAccount, see [`crate::projected::kubeconfig`]).
-    pub mounts_in_place: bool,
 }
 
 /// Where the kubeconfig of a ServiceAccount volume is written (beside the volumes, under a
@@ -347,8 +403,9 @@ pub fn plan(
     }
 }
 
-/// For local processes and a known API server, unless the runner's pod environment names a
-/// kubeconfig: the kubeconfig of each volume some container mounts at the ServiceAccount
+/// For local processes (containers see the volume at its mount path, where in-cluster
+/// configuration reads it) and a known API server, unless the runner's pod environment
+/// names a kubeconfig: the kubeconfig of each volume some container mounts at the ServiceAccount
 /// path, written beside the volumes; answers volume → kubeconfig file.
 fn service_account_kubeconfigs(
     pod: &Pod,
@@ -361,7 +418,8 @@ fn service_account_kubeconfigs(
     let Some(api) = &config.api_server else {
         return made;
     };
-    if at.mounts_in_place || config.pod_env.contains_key("KUBECONFIG") {
+    let in_place = matches!(config.runtime, Runtime::Containers(_));
+    if in_place || config.pod_env.contains_key("KUBECONFIG") {
         return made;
     }
     let spec = pod.spec.clone().unwrap_or_default();
@@ -499,14 +557,24 @@ fn container(
 ) -> Result<ContainerPlan, Vec<PlanError>> {
     let mut errors = Vec::new();
     let image = c.image.clone().unwrap_or_default();
-    let executable = config.images.resolve(&image).map(Path::to_path_buf);
-    if executable.is_none() {
+    let (executable, local_image) = match &config.runtime {
+        Runtime::Processes => (config.images.resolve(&image).map(Path::to_path_buf), None),
+        Runtime::Containers(images) => (None, images.resolve(&image).map(str::to_owned)),
+    };
+    if executable.is_none() && local_image.is_none() {
         errors.push(PlanError::UnknownImage {
             container: c.name.clone(),
             image,
         });
     }
+    let declared = |name: &str| {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .and_then(|vs| vs.iter().find(|v| v.name == name))
+    };
     let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    let mut container_mounts = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
         match volumes.get(&m.name) {
             Some(local) => {
@@ -514,6 +582,17 @@ fn container(
                     Some(sub) if !sub.is_empty() => local.join(sub),
                     _ => local.clone(),
                 };
+                let api_data = declared(&m.name).is_some_and(|v| {
+                    v.secret.is_some()
+                        || v.config_map.is_some()
+                        || v.projected.is_some()
+                        || v.downward_api.is_some()
+                });
+                container_mounts.push(Mount {
+                    source: local.clone(),
+                    target: m.mount_path.clone(),
+                    read_only: api_data || m.read_only.unwrap_or(false),
+                });
                 mounts.push((m.mount_path.trim_end_matches('/').to_owned(), local));
             }
             None if pod
@@ -568,6 +647,42 @@ fn container(
             (None, None)
         }
     };
+    let security = security(pod, c);
+    if local_image.is_some()
+        && c.security_context
+            .as_ref()
+            .and_then(|s| s.privileged)
+            .unwrap_or(false)
+    {
+        errors.push(PlanError::Privileged {
+            container: c.name.clone(),
+        });
+    }
+    if let Some(image) = local_image {
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let vars: BTreeMap<&str, &str> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let expand_all = |words: &Option<Vec<String>>| {
+            words
+                .as_ref()
+                .map(|w| w.iter().map(|w| expand(w, &vars)).collect::<Vec<_>>())
+        };
+        return Ok(ContainerPlan {
+            name: c.name.clone(),
+            program: Program::Image {
+                image,
+                command: expand_all(&c.command),
+            },
+            args: expand_all(&c.args).unwrap_or_default(),
+            env,
+            mounts: container_mounts,
+            security,
+            readiness,
+            liveness,
+        });
+    }
     let mut words: Vec<String> = Vec::new();
     if let (Some(command), Some(exe)) = (c.command.as_ref().and_then(|v| v.first()), &executable) {
         let same = Path::new(command).file_name() == exe.file_name();
@@ -605,12 +720,49 @@ fn container(
         .collect();
     Ok(ContainerPlan {
         name: c.name.clone(),
-        executable: executable.expect("checked above"),
+        program: Program::Executable(executable.expect("checked above")),
         args,
         env,
+        mounts: Vec::new(),
+        security: Security::default(),
         readiness,
         liveness,
     })
+}
+
+/// The container's security context over the pod's.
+fn security(pod: &Pod, c: &Container) -> Security {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let sc = c.security_context.as_ref();
+    let caps = sc.and_then(|s| s.capabilities.as_ref());
+    let mut supplemental_groups: Vec<i64> = pod_sc
+        .map(|p| {
+            p.fs_group
+                .into_iter()
+                .chain(p.supplemental_groups.iter().flatten().copied())
+                .collect()
+        })
+        .unwrap_or_default();
+    supplemental_groups.dedup();
+    Security {
+        user: sc
+            .and_then(|s| s.run_as_user)
+            .or_else(|| pod_sc.and_then(|p| p.run_as_user)),
+        group: sc
+            .and_then(|s| s.run_as_group)
+            .or_else(|| pod_sc.and_then(|p| p.run_as_group)),
+        supplemental_groups,
+        run_as_non_root: sc
+            .and_then(|s| s.run_as_non_root)
+            .or_else(|| pod_sc.and_then(|p| p.run_as_non_root))
+            .unwrap_or(false),
+        read_only_root: sc
+            .and_then(|s| s.read_only_root_filesystem)
+            .unwrap_or(false),
+        cap_add: caps.and_then(|c| c.add.clone()).unwrap_or_default(),
+        cap_drop: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
+        no_new_privileges: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
+    }
 }
 
 /// The container's environment: the runner's pod environment, `envFrom`, then `env` (later
@@ -860,7 +1012,6 @@ mod tests {
         let at = Placement {
             ip: Ipv4Addr::new(127, 0, 0, 7),
             dir: Path::new("/state/hsm/agent-1"),
-            mounts_in_place: false,
         };
         plan(&pod(spec), &sources(), &config(), &at)
     }
@@ -900,7 +1051,10 @@ mod tests {
                     {"name": "sys", "mountPath": "/host/sys"}]}]}))
         .unwrap();
         let c = &p.containers[0];
-        assert_eq!(c.executable, Path::new("/bin/hsm-agent"));
+        assert_eq!(
+            c.program,
+            Program::Executable(PathBuf::from("/bin/hsm-agent"))
+        );
         assert_eq!(
             c.args,
             [
@@ -1006,12 +1160,11 @@ mod tests {
         // The state directory lies under a mount path of the pod: the generated path is
         // still this machine's, not rewritten.
         let dir = Path::new("/tmp/state/hsm/agent-1");
-        let at = |in_place| Placement {
+        let at = Placement {
             ip: Ipv4Addr::new(127, 0, 0, 7),
             dir,
-            mounts_in_place: in_place,
         };
-        let p = plan(&pod, &sources, &config, &at(false)).unwrap();
+        let p = plan(&pod, &sources, &config, &at).unwrap();
         let kubeconfig = "/tmp/state/hsm/agent-1/volumes/.kubeconfig/kube-api-access-x";
         assert_eq!(
             env_of(&p.containers[0], "KUBECONFIG").as_deref(),
@@ -1044,7 +1197,11 @@ mod tests {
 
         // A container runtime mounts the volume in place: no kubeconfig, the service
         // variables only.
-        let p = plan(&pod, &sources, &config, &at(true)).unwrap();
+        let mut in_containers = config.clone();
+        in_containers.runtime = Runtime::Containers(
+            crate::config::ContainerImages::new().with("hsm-agent", "localhost/hsm-agent:dev"),
+        );
+        let p = plan(&pod, &sources, &in_containers, &at).unwrap();
         assert_eq!(env_of(&p.containers[0], "KUBECONFIG"), None);
         assert_eq!(
             env_of(&p.containers[0], "KUBERNETES_SERVICE_HOST").as_deref(),
@@ -1056,7 +1213,7 @@ mod tests {
         config
             .pod_env
             .insert("KUBECONFIG".into(), "/admin/config".into());
-        let p = plan(&pod, &sources, &config, &at(false)).unwrap();
+        let p = plan(&pod, &sources, &config, &at).unwrap();
         assert_eq!(
             env_of(&p.containers[0], "KUBECONFIG").as_deref(),
             Some("/admin/config")
@@ -1066,7 +1223,7 @@ mod tests {
         // No API server known: no service variables, no kubeconfig.
         config.pod_env.remove("KUBECONFIG");
         config.api_server = None;
-        let p = plan(&pod, &sources, &config, &at(false)).unwrap();
+        let p = plan(&pod, &sources, &config, &at).unwrap();
         assert_eq!(env_of(&p.containers[0], "KUBECONFIG"), None);
         assert_eq!(env_of(&p.containers[0], "KUBERNETES_SERVICE_HOST"), None);
     }

@@ -1,8 +1,7 @@
 //! One pod on this machine: its address, its private files, its containers started,
 //! probed, restarted and stopped, and its status written back.
 
-use crate::addresses;
-use crate::backend::{Backend, Launch, Running};
+use crate::backend::{Backend, BackendError, Launch, PodRef, Running, Sandbox};
 use crate::config::RunnerConfig;
 use crate::plan::{self, ContainerPlan, Placement, PlanError, PodPlan, Sources};
 use crate::probe::{Probe, Tracker};
@@ -117,16 +116,34 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, pod: Pod, mut stop: StopRx) {
     });
     let writer = tokio::spawn(reporter.clone().write_loop(api, name.clone()));
     let dir = pod_dir(&shared.config.state_dir, &ns, &name);
-    let lease = match addresses::take(&shared.config.address_locks) {
-        Ok(lease) => lease,
+    let uid = pod.uid().unwrap_or_default();
+    let pod_ref = PodRef {
+        namespace: &ns,
+        name: &name,
+        uid: &uid,
+    };
+    let sandbox = tokio::select! {
+        made = shared.backend.sandbox(pod_ref) => made,
+        _ = until_stop(&mut stop) => {
+            writer.abort();
+            return;
+        }
+    };
+    let sandbox = match sandbox {
+        Ok(sandbox) => sandbox,
         Err(e) => {
-            reporter.update(|o| o.failed = Some(("NoAddress".into(), e.to_string())));
+            tracing::warn!(pod = %name, error = %e, "setting up the pod's sandbox");
+            let reason = match e {
+                BackendError::Address(_) => "NoAddress",
+                _ => "FailedCreatePodSandBox",
+            };
+            reporter.update(|o| o.failed = Some((reason.into(), e.to_string())));
             until_stop(&mut stop).await;
             writer.abort();
             return;
         }
     };
-    let ip = lease.ip();
+    let ip = sandbox.ip();
     reporter.update(|o| o.ip = Some(ip));
     let mut tokens = PodTokens::default();
     if let Some(plan) = prepare(&shared, &pod, &reporter, &dir, ip, &mut tokens, &mut stop).await {
@@ -138,6 +155,7 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, pod: Pod, mut stop: StopRx) {
             ip,
             pod: &pod_ref,
             never_restart: spec.restart_policy.as_deref() == Some("Never"),
+            sandbox: &*sandbox,
         };
         if run.init(&plan.init_containers, &stop).await {
             reporter.update(|o| o.initialized = true);
@@ -159,9 +177,9 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, pod: Pod, mut stop: StopRx) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     writer.abort();
+    sandbox.close().await;
     // Secrets do not outlive the pod; the logs stay for `kubectl logs`.
     let _ = std::fs::remove_dir_all(dir.join("volumes"));
-    drop(lease);
 }
 
 /// Resolves and plans the pod and writes its files; retries while what is missing may
@@ -180,17 +198,18 @@ async fn prepare(
             return None;
         }
         let sources = fetch_sources(shared, pod, tokens).await;
-        let planned = plan::plan(pod, &sources, &shared.config, &placement(shared, ip, dir));
-        let errors = match planned.map(|p| write_files(dir, &p).map(|()| p)) {
-            Ok(Ok(plan)) => return Some(plan),
-            Ok(Err(e)) => {
-                let msg = format!("writing the pod's files: {e}");
-                reporter.update(|o| o.failed = Some(("FailedMount".into(), msg)));
-                until_stop(stop).await;
-                return None;
-            }
-            Err(errors) => errors,
-        };
+        let planned = plan::plan(pod, &sources, &shared.config, &Placement { ip, dir });
+        let errors =
+            match planned.map(|p| write_files(dir, &p, containers(&shared.config)).map(|()| p)) {
+                Ok(Ok(plan)) => return Some(plan),
+                Ok(Err(e)) => {
+                    let msg = format!("writing the pod's files: {e}");
+                    reporter.update(|o| o.failed = Some(("FailedMount".into(), msg)));
+                    until_stop(stop).await;
+                    return None;
+                }
+                Err(errors) => errors,
+            };
         let message = errors
             .iter()
             .map(ToString::to_string)
@@ -218,15 +237,6 @@ async fn prepare(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = until_stop(stop) => return None,
         }
-    }
-}
-
-/// Where the pod runs, for its plan.
-fn placement<'a>(shared: &Shared, ip: Ipv4Addr, dir: &'a Path) -> Placement<'a> {
-    Placement {
-        ip,
-        dir,
-        mounts_in_place: shared.backend.mounts_in_place(),
     }
 }
 
@@ -278,22 +288,37 @@ async fn fetch_sources(shared: &Shared, pod: &Pod, tokens: &mut PodTokens) -> So
     sources
 }
 
-/// Creates the pod's directories (owner only) and files (owner read/write only).
-fn write_files(dir: &Path, plan: &PodPlan) -> std::io::Result<()> {
-    let mkdir = |d: &Path| {
+/// Creates the pod's directories and files. For local processes all are owner-only. For
+/// containers, whose user may be anyone, the volume directories are open to all (0777, as a
+/// kubelet's emptyDir; Secret and ConfigMap volumes are mounted read-only) and the files
+/// readable by all (0644, a kubelet's default mode): the pod's own directory stays
+/// owner-only, so nobody else on this machine reaches them.
+fn write_files(dir: &Path, plan: &PodPlan, containers: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir_mode, file_mode) = if containers {
+        (0o777, 0o644)
+    } else {
+        (0o700, 0o600)
+    };
+    let mkdir = |d: &Path, mode: u32| {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(d)
+            .create(d)?;
+        if mode != 0o700 {
+            // The umask narrowed what DirBuilder made.
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok::<(), std::io::Error>(())
     };
-    mkdir(dir)?;
-    mkdir(&dir.join("logs"))?;
+    mkdir(dir, 0o700)?;
+    mkdir(&dir.join("logs"), 0o700)?;
     for d in &plan.dirs {
-        mkdir(d)?;
+        mkdir(d, dir_mode)?;
     }
     for f in &plan.files {
         if let Some(parent) = f.path.parent() {
-            mkdir(parent)?;
+            mkdir(parent, dir_mode)?;
         }
         if std::fs::read(&f.path).is_ok_and(|old| old == f.contents) {
             continue;
@@ -308,9 +333,10 @@ fn write_files(dir: &Path, plan: &PodPlan) -> std::io::Result<()> {
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(file_mode)
             .open(&aside)?
             .write_all(&f.contents)?;
+        std::fs::set_permissions(&aside, std::fs::Permissions::from_mode(file_mode))?;
         std::fs::rename(&aside, &f.path)?;
     }
     Ok(())
@@ -333,12 +359,17 @@ async fn refresh(
         }
         let sources = fetch_sources(shared, pod, &mut tokens).await;
         // While a source is missing the files stay as they are (the kubelet keeps them too).
-        if let Ok(plan) = plan::plan(pod, &sources, &shared.config, &placement(shared, ip, dir))
-            && let Err(e) = write_files(dir, &plan)
+        if let Ok(plan) = plan::plan(pod, &sources, &shared.config, &Placement { ip, dir })
+            && let Err(e) = write_files(dir, &plan, containers(&shared.config))
         {
             tracing::warn!(pod = %pod.name_any(), error = %e, "refreshing the pod's files");
         }
     }
+}
+
+/// Whether the pod's containers are containers (not local processes).
+fn containers(config: &RunnerConfig) -> bool {
+    matches!(config.runtime, crate::config::Runtime::Containers(_))
 }
 
 /// How one container run ended.
@@ -357,6 +388,7 @@ struct PodRun<'a> {
     /// `restartPolicy: Never`: a container that ended is not started again, whatever its
     /// exit code (`OnFailure` restarts only failures, `Always` every end).
     never_restart: bool,
+    sandbox: &'a dyn Sandbox,
 }
 
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
@@ -384,15 +416,10 @@ impl PodRun<'_> {
         let launch = Launch {
             pod: self.pod,
             plan,
-            ip: self.ip,
             log: &log,
             workdir: self.dir,
         };
-        self.shared
-            .backend
-            .start(launch)
-            .await
-            .map_err(|e| e.to_string())
+        self.sandbox.start(launch).await.map_err(|e| e.to_string())
     }
 
     /// Runs the init containers in order; false if one failed (the pod then fails).

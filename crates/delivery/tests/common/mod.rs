@@ -4,7 +4,7 @@
 
 use delivery::cargo::{self, Profile};
 use delivery::components::Component;
-use delivery::{podman, rootfs};
+use delivery::podman;
 use std::path::{Path, PathBuf};
 
 /// The workspace root.
@@ -68,13 +68,13 @@ pub fn binary(component: &Component) -> Option<PathBuf> {
 
 /// Assembles `component`'s image from `binary` and loads it as `localhost/<image>:<tag>`.
 pub fn build_image(cleanup: &Cleanup, component: &Component, binary: &Path, tag: &str) -> String {
-    let context = cleanup.dir.path().join(component.image);
-    rootfs::assemble(&context.join("rootfs"), component, binary).unwrap();
     let image = format!("localhost/{}:{tag}", component.image);
-    podman::build(
-        &context,
-        &podman::containerfile(component, &cleanup.labels()),
+    podman::build_component(
+        cleanup.dir.path(),
+        component,
+        binary,
         &image,
+        &cleanup.labels(),
     )
     .unwrap();
     image

@@ -3,11 +3,28 @@
 //! At start it prints its arguments and its environment (one `arg=`/`env=` line each) to
 //! stdout, then serves on `$POD_IP:$ECHO_PORT` (port 8093 by default): `/readyz` answers
 //! 200 `ok`, `/info` the same lines as printed, `/file?PATH` the contents of a file (for
-//! checking written volumes over the pod's address). With `ECHO_EXIT_CODE` set it exits at
-//! once with that code instead (a crashing container).
+//! checking written volumes over the pod's address), `/proxy?HOST:PORT/PATH` what a GET of
+//! `http://HOST:PORT/PATH` answered (for checking what a pod reaches: its `localhost`, this
+//! machine). With `ECHO_EXIT_CODE` set it exits at once with that code instead (a crashing
+//! container).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+/// A GET of `http://HOST:PORT/PATH` (`target` is `HOST:PORT/PATH`): the whole response.
+fn fetch(target: &str) -> std::io::Result<String> {
+    let (address, path) = target.split_once('/').unwrap_or((target, ""));
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out)?;
+    Ok(out)
+}
 
 fn info() -> String {
     let mut out = String::new();
@@ -47,6 +64,10 @@ fn main() -> std::io::Result<()> {
             Some(("/file", path)) => match std::fs::read_to_string(path) {
                 Ok(s) => ("200 OK", s),
                 Err(e) => ("404 Not Found", e.to_string()),
+            },
+            Some(("/proxy", target)) => match fetch(target) {
+                Ok(s) => ("200 OK", s),
+                Err(e) => ("502 Bad Gateway", e.to_string()),
             },
             _ => ("404 Not Found", String::new()),
         };
