@@ -37,6 +37,12 @@
 //! - TLS ([`tls`]) with a generated cluster CA, which `kube-root-ca.crt` and ServiceAccount
 //!   directories ([`Emulator::write_service_account_dir`]: `token`, `ca.crt`, `namespace`)
 //!   carry, so a process gets a client by in-cluster config as in a pod (`tests/incluster.rs`);
+//! - the ServiceAccount admission plugin on Pod create ([`service_account_admission`]):
+//!   `serviceAccountName` defaulted to `default`, a missing ServiceAccount refused with the
+//!   real 403, and unless `automountServiceAccountToken` is false the projected
+//!   `kube-api-access-*` volume (bound token, `kube-root-ca.crt`, namespace) mounted at
+//!   `/var/run/secrets/kubernetes.io/serviceaccount` in every container
+//!   ([`Builder::service_account_admission`] turns it off);
 //! - an audit log of every request ([`Builder::audit`], `serve --audit-log`);
 //! - protobuf request bodies of the kinds `kubectl create` sends ([`protobuf`]); bodies
 //!   over 3 MiB get 413, nesting deeper than 128 levels 422;
@@ -145,6 +151,7 @@ pub mod scale;
 pub mod schema;
 pub mod selector;
 pub mod server;
+pub mod service_account_admission;
 pub mod serviceaccount;
 pub mod store;
 pub mod structural;
@@ -211,6 +218,7 @@ pub struct Builder {
     authorization: Authorization,
     audit: bool,
     max_body_bytes: usize,
+    service_account_admission: bool,
 }
 
 impl Default for Builder {
@@ -221,6 +229,7 @@ impl Default for Builder {
             authorization: Authorization::AlwaysAllow,
             audit: false,
             max_body_bytes: MAX_BODY_BYTES,
+            service_account_admission: true,
         }
     }
 }
@@ -259,12 +268,23 @@ impl Builder {
         self
     }
 
+    /// Whether Pod creates pass the ServiceAccount admission plugin
+    /// ([`service_account_admission`]): `serviceAccountName` defaulted to `default`, a
+    /// missing ServiceAccount refused, the `kube-api-access-*` token volume mounted in every
+    /// container. On by default, as in every real cluster; off only for tests that create
+    /// pods of ServiceAccounts they do not make.
+    pub fn service_account_admission(mut self, enabled: bool) -> Self {
+        self.service_account_admission = enabled;
+        self
+    }
+
     /// The emulator, with the namespaces a new cluster has (`default`, `kube-system`,
     /// `kube-public`, `kube-node-lease`) and its bootstrap RBAC policy.
     pub fn build(self) -> Emulator {
         let ca = tls::ClusterCa::generate().expect("ring generates the cluster CA");
         let mut store = Store::new(Registry::with_builtins(), self.history_limit);
         store.cluster_ca_pem = ca.ca_pem().to_string();
+        store.service_account_admission = self.service_account_admission;
         let emu = Emulator {
             inner: Arc::new(Inner {
                 store: Mutex::new(store),

@@ -46,6 +46,13 @@ fn create_with(
     check_type(t, &body)?;
     let mut body = crate::events::inbound(&t.res, body);
     check_namespace(store, t, &mut body)?;
+    if store.service_account_admission
+        && t.res.builtin
+        && t.res.group.is_empty()
+        && t.res.plural == "pods"
+    {
+        crate::service_account_admission::admit_pod(store, &t.namespace, &mut body)?;
+    }
     let meta_obj = &mut body["metadata"];
     let mut name = meta_obj["name"].as_str().unwrap_or_default().to_string();
     if name.is_empty()

@@ -84,6 +84,8 @@ pub struct Store {
     /// Bumped by every change to an RBAC object, so the authoriser knows when its snapshot
     /// is stale.
     pub rbac_generation: u64,
+    /// Whether Pod creates pass the ServiceAccount admission plugin (on, as in a cluster).
+    pub service_account_admission: bool,
     rv: u64,
     objects: HashMap<ResourceKey, Objects>,
     history: VecDeque<Arc<Event>>,
@@ -102,6 +104,7 @@ impl Store {
             registry,
             cluster_ca_pem: String::new(),
             rbac_generation: 0,
+            service_account_admission: true,
             rv: 1,
             objects: HashMap::new(),
             history: VecDeque::new(),

@@ -90,6 +90,14 @@ struct Node {
 
 impl Node {
     fn start(cluster: &Cluster, softhsm_conf: &Path) -> Node {
+        // The ServiceAccount the manager gives discovery and agent pods (by default) must
+        // exist: the API server refuses pods of a missing one.
+        cluster
+            .emulator
+            .create_object(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "hsm-secrets-operator-controller-manager",
+                             "namespace": OPERATOR_NS}}))
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         cluster.server.write_kubeconfig(&kubeconfig).unwrap();

@@ -64,6 +64,12 @@ impl Operator {
                 .await
                 .unwrap();
         }
+        // Discovery pods run as their own ServiceAccount, which must exist (the API server
+        // refuses pods of a missing one).
+        emulator
+            .create_object(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "hsm-discovery", "namespace": NS}}))
+            .unwrap();
         // The controllers run as the manager's ServiceAccount with deploy/'s RBAC enforced.
         grant_manager_rbac(&admin).await;
         emulator.add_token(
@@ -606,10 +612,15 @@ async fn a_test_mode_discovery_pod_runs_without_the_host() {
     let pods = operator.discovery_pods("pico").await;
     assert_eq!(pods.len(), 1);
     let volumes = pods[0].spec.as_ref().unwrap().volumes.clone().unwrap();
+    // The template's volumes, and the ServiceAccount token volume the API server adds.
+    let (token, own): (Vec<_>, Vec<_>) = volumes
+        .iter()
+        .partition(|v| v.name.starts_with("kube-api-access-"));
+    assert_eq!(token.len(), 1, "{volumes:#?}");
     assert!(
-        volumes
-            .iter()
-            .all(|v| v.empty_dir.is_some() && v.host_path.is_none())
+        own.iter()
+            .all(|v| v.empty_dir.is_some() && v.host_path.is_none()),
+        "{volumes:#?}"
     );
     assert!(serials(&pool).is_empty(), "{:#?}", pool.status);
     assert_eq!(

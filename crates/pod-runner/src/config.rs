@@ -178,6 +178,78 @@ impl HostPaths {
     }
 }
 
+/// The Kubernetes API server as pods reach it: what the kubelet puts in every container's
+/// `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT` (the `kubernetes` Service), and the
+/// server of the kubeconfig local processes get for their ServiceAccount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiServer {
+    /// Host name or address, as pods see it.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Whether it speaks HTTPS (a real cluster always does; the emulator may serve HTTP).
+    pub https: bool,
+}
+
+impl ApiServer {
+    /// Its URL, `https://host:port`.
+    pub fn url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        if self.host.contains(':') {
+            format!("{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// An API server URL that is not `http[s]://HOST:PORT`.
+#[derive(Debug, thiserror::Error)]
+#[error("expected an API server URL https://HOST:PORT, got {0:?}")]
+pub struct ApiServerError(String);
+
+impl FromStr for ApiServer {
+    type Err = ApiServerError;
+    /// `https://HOST:PORT` (or `http://`); the port defaults to 443 (80 for HTTP).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ApiServerError(s.to_owned());
+        let (https, rest) = if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(bad());
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') {
+            return Err(bad());
+        }
+        let default_port = if https { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, tail) = v6.split_once(']').ok_or_else(bad)?;
+            let port = match tail.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad())?,
+                None if tail.is_empty() => default_port,
+                None => return Err(bad()),
+            };
+            (host, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
+                None => (authority, default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(ApiServer {
+            host: host.to_owned(),
+            port,
+            https,
+        })
+    }
+}
+
 /// Everything the runner needs besides the API client.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -204,6 +276,17 @@ pub struct RunnerConfig {
     pub resync: Duration,
     /// Whether to create (server-side apply) a Node object with the name and labels.
     pub register_node: bool,
+    /// The API server as pods reach it. When given, every container gets
+    /// `KUBERNETES_SERVICE_HOST`/`_PORT` (as from a kubelet), and a local process whose
+    /// container mounts a ServiceAccount token at
+    /// `/var/run/secrets/kubernetes.io/serviceaccount` gets a kubeconfig for it in
+    /// `KUBECONFIG` (server, that volume's `ca.crt`, its `token` as `tokenFile`), unless
+    /// [`RunnerConfig::pod_env`] sets `KUBECONFIG`.
+    pub api_server: Option<ApiServer>,
+    /// The share of a projected ServiceAccount token's lifetime after which it is
+    /// requested anew and rewritten (0.8, as a kubelet; tests make it smaller to see a
+    /// refresh within seconds).
+    pub token_refresh_fraction: f64,
     /// Processes or containers; [`crate::PodRunner::start`] picks the backend from it.
     pub runtime: Runtime,
 }
@@ -225,6 +308,8 @@ impl RunnerConfig {
             restart_backoff_max: Duration::from_secs(30),
             resync: Duration::from_secs(2),
             register_node: true,
+            api_server: None,
+            token_refresh_fraction: 0.8,
             runtime: Runtime::Processes,
         }
     }
@@ -287,6 +372,34 @@ mod tests {
         );
         assert_eq!(h.resolve("/system"), None);
         assert_eq!(h.resolve("/dev"), None);
+    }
+
+    #[test]
+    fn api_server_urls_parse() {
+        let a: ApiServer = "https://127.0.0.1:6443".parse().unwrap();
+        assert_eq!(
+            a,
+            ApiServer {
+                host: "127.0.0.1".into(),
+                port: 6443,
+                https: true
+            }
+        );
+        assert_eq!(a.url(), "https://127.0.0.1:6443");
+        let b: ApiServer = "http://[::1]:8080/".parse().unwrap();
+        assert_eq!((b.host.as_str(), b.port, b.https), ("::1", 8080, false));
+        assert_eq!(b.url(), "http://[::1]:8080");
+        let c: ApiServer = "https://kubernetes.default.svc".parse().unwrap();
+        assert_eq!(c.port, 443);
+        for bad in [
+            "127.0.0.1:6443",
+            "https://",
+            "https://h:x",
+            "https://h:1/api",
+            "ftp://h",
+        ] {
+            assert!(bad.parse::<ApiServer>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -12,9 +12,20 @@
 //!   Pod labelled `pod-template-generation`. Pods are bound to the configured node.
 //! - Every Pod bound to that node is run: each container as a local process (the image mapped
 //!   to an executable by the [`ImageTable`]), with `command`/`args` and `env` as written,
-//!   the downward API and Secret/ConfigMap references resolved, Secret, ConfigMap and emptyDir
-//!   volumes written to a private per-pod directory (owner-only permissions) and every mount
-//!   path in args and env rewritten to it, hostPath volumes only through [`HostPaths`].
+//!   the downward API and Secret/ConfigMap references resolved, Secret, ConfigMap, emptyDir,
+//!   downwardAPI and projected volumes written to a private per-pod directory (owner-only
+//!   permissions) and every mount path in args and env rewritten to it, hostPath volumes
+//!   only through [`HostPaths`].
+//! - Pods reach the API as their own ServiceAccount, as from a kubelet ([`projected`],
+//!   [`tokens`]): a projected `serviceAccountToken` is a TokenRequest for the pod's
+//!   ServiceAccount bound to the Pod, with the source's audience and lifetime, requested
+//!   anew and rewritten after 80% of its lifetime; with [`RunnerConfig::api_server`] every
+//!   container gets `KUBERNETES_SERVICE_HOST`/`_PORT`, and a local process whose container
+//!   mounts the token at `/var/run/secrets/kubernetes.io/serviceaccount` (the API server's
+//!   ServiceAccount admission adds that mount) gets a kubeconfig of it in `KUBECONFIG`
+//!   (server, `ca.crt`, the token as `tokenFile`), unless [`RunnerConfig::pod_env`] sets
+//!   one. A container runtime ([`Runtime::Containers`]) mounts the volume
+//!   directory at its path instead.
 //! - Each pod gets its own loopback address 127.0.X.Y as `status.podIP`; readiness and
 //!   liveness probes (httpGet, tcpSocket) run against it; containers are restarted with
 //!   backoff as `restartPolicy` says; Pod status (phase, conditions, container statuses) and
@@ -42,14 +53,16 @@
 //!   runs only if it names the node in `spec.nodeName` (nothing schedules bare Pods);
 //! - a container's `command[0]`, when given, must name the image's executable (its file
 //!   name); the executable always comes from the image table;
-//! - volumes: Secret, ConfigMap, emptyDir and mapped hostPath only (projected and
-//!   downwardAPI volumes fail the pod); env: no `resourceFieldRef`; probes: httpGet over
+//! - volumes: Secret, ConfigMap, emptyDir, downwardAPI, projected (serviceAccountToken,
+//!   secret, configMap, downwardAPI sources) and mapped hostPath only; file modes are
+//!   always owner-only; env and downward API: no `resourceFieldRef`; probes: httpGet over
 //!   HTTP and tcpSocket (exec and gRPC probes fail the pod); a failed init container fails
 //!   the pod rather than being retried;
-//! - containers get only the environment the spec gives them, plus `PATH`, `HOSTNAME` and
-//!   [`RunnerConfig::pod_env`]; no service-account token is mounted;
-//! - Secret and ConfigMap files are refreshed every [`RunnerConfig::resync`] (a kubelet
-//!   takes about a minute).
+//! - containers get only the environment the spec gives them, plus `PATH`, `HOSTNAME`, the
+//!   `KUBERNETES_SERVICE_*`/`KUBERNETES_PORT*` variables of the API server and
+//!   [`RunnerConfig::pod_env`] (no other Services' variables);
+//! - Secret and ConfigMap files and tokens are checked every [`RunnerConfig::resync`] (a
+//!   kubelet takes about a minute for Secrets).
 //!
 //! ```no_run
 //! # async fn demo(client: kube::Client) -> Result<(), pod_runner::RunnerError> {
@@ -71,12 +84,17 @@ pub mod desired;
 pub mod plan;
 pub mod podman;
 pub mod probe;
+pub mod projected;
 pub mod status;
 mod supervisor;
+pub mod tokens;
 
 pub use addresses::AddressError;
 pub use backend::{Backend, BackendError, Launch, LocalProcesses, PodRef, Running, Sandbox};
-pub use config::{ContainerImages, HostPaths, ImageTable, PairError, RunnerConfig, Runtime};
+pub use config::{
+    ApiServer, ApiServerError, ContainerImages, HostPaths, ImageTable, PairError, RunnerConfig,
+    Runtime,
+};
 pub use podman::{Podman, PodmanConfig};
 
 use std::path::PathBuf;

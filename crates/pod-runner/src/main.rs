@@ -4,7 +4,8 @@
 use anyhow::Context;
 use clap::Parser;
 use pod_runner::{
-    ContainerImages, HostPaths, ImageTable, PodRunner, Podman, PodmanConfig, RunnerConfig, Runtime,
+    ApiServer, ContainerImages, HostPaths, ImageTable, PodRunner, Podman, PodmanConfig,
+    RunnerConfig, Runtime,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +44,11 @@ struct Args {
     /// A variable every container gets, NAME=VALUE (repeatable), e.g. KUBECONFIG.
     #[arg(long = "pod-env", value_name = "NAME=VALUE")]
     pod_env: Vec<String>,
+    /// The API server as pods reach it, https://HOST:PORT: containers get
+    /// KUBERNETES_SERVICE_HOST/PORT and a kubeconfig for their ServiceAccount token
+    /// (default: the server of the runner's own kubeconfig).
+    #[arg(long, value_name = "URL")]
+    api_server: Option<ApiServer>,
     /// Where pods' files and logs go.
     #[arg(long, default_value = ".dev/pods")]
     state_dir: PathBuf,
@@ -89,6 +95,7 @@ fn config(args: &Args) -> anyhow::Result<RunnerConfig> {
     }
     config.images = images;
     config.host_paths = host_paths;
+    config.api_server = args.api_server.clone();
     if args.backend == BackendArg::Podman {
         let mut table = ContainerImages::new();
         for i in &args.container_images {
@@ -97,6 +104,21 @@ fn config(args: &Args) -> anyhow::Result<RunnerConfig> {
         config.runtime = Runtime::Containers(table);
     }
     Ok(config)
+}
+
+/// The API server of the runner's kubeconfig as pods see it: at `host` when given (the
+/// gateway of a container network), else at the same address.
+fn api_server_of(config: &kube::Config, host: Option<String>) -> Option<ApiServer> {
+    let mut api: ApiServer = config
+        .cluster_url
+        .to_string()
+        .parse()
+        .inspect_err(|e| tracing::warn!(error = %e, "pods get no API server address"))
+        .ok()?;
+    if let Some(host) = host {
+        api.host = host;
+    }
+    Some(api)
 }
 
 #[tokio::main]
@@ -108,18 +130,24 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let mut config = config(&args)?;
-    let client = match &args.kubeconfig {
+    let kube_config = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading {}", path.display()))?;
             let options = kube::config::KubeConfigOptions::default();
-            let c = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?;
-            kube::Client::try_from(c)?
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
         }
-        None => kube::Client::try_default().await?,
+        None => kube::Config::infer().await?,
     };
+    let client = kube::Client::try_from(kube_config.clone())?;
     let runner = match args.backend {
-        BackendArg::Processes => PodRunner::start(client, config)?,
+        BackendArg::Processes => {
+            if config.api_server.is_none() {
+                // Pods run on this machine: they reach the API server where the runner does.
+                config.api_server = api_server_of(&kube_config, None);
+            }
+            PodRunner::start(client, config)?
+        }
         BackendArg::Podman => {
             let mut podman_config =
                 PodmanConfig::new(args.podman_id.clone().unwrap_or(args.node_name.clone()));
@@ -131,10 +159,9 @@ async fn main() -> anyhow::Result<()> {
                 .gateway()
                 .context("the Podman backend has no gateway")?;
             // Pods reach the API server on this machine through the network's gateway.
-            config
-                .pod_env
-                .entry("KUBERNETES_SERVICE_HOST".into())
-                .or_insert_with(|| gateway.to_string());
+            if config.api_server.is_none() {
+                config.api_server = api_server_of(&kube_config, Some(gateway.to_string()));
+            }
             tracing::info!(%gateway, network = ?podman.network(), "pods reach this machine at the gateway");
             PodRunner::start_with(client, config, Arc::new(podman))?
         }

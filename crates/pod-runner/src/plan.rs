@@ -4,6 +4,7 @@
 
 use crate::config::{RunnerConfig, Runtime};
 use crate::probe::{Probe, ProbeError};
+use crate::projected::TokenSpec;
 use k8s_openapi::api::core::v1::{Container, EnvVar, ObjectFieldSelector, Pod, Volume};
 use kube::ResourceExt;
 use std::collections::BTreeMap;
@@ -21,6 +22,8 @@ pub struct Sources {
     pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     /// ConfigMap name → key → bytes (`data` and `binaryData`).
     pub config_maps: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    /// The ServiceAccount tokens the projected volumes need, as last requested.
+    pub tokens: BTreeMap<TokenSpec, String>,
 }
 
 /// Names of the Secrets and ConfigMaps a pod refers to (volumes, env, envFrom).
@@ -61,6 +64,9 @@ pub fn referenced(pod: &Pod) -> (Vec<String>, Vec<String>) {
             }
         }
     }
+    let (projected_secrets, projected_maps) = crate::projected::referenced(pod);
+    secrets.extend(projected_secrets);
+    maps.extend(projected_maps);
     for l in [&mut secrets, &mut maps] {
         l.sort();
         l.dedup();
@@ -103,11 +109,36 @@ pub enum PlanError {
     },
     /// A volume type the runner does not provide.
     #[error(
-        "volume {volume}: only secret, configMap, emptyDir and mapped hostPath volumes are supported"
+        "volume {volume}: only secret, configMap, emptyDir, projected (serviceAccountToken, \
+         secret, configMap, downwardAPI), downwardAPI and mapped hostPath volumes are supported"
     )]
     UnsupportedVolume {
         /// Volume.
         volume: String,
+    },
+    /// A downward API volume item the runner does not resolve.
+    #[error("volume {volume}: unsupported downward API item {field}")]
+    UnsupportedDownwardApi {
+        /// Volume.
+        volume: String,
+        /// What was asked for.
+        field: String,
+    },
+    /// A volume item path that is absolute or leaves the volume.
+    #[error("volume {volume}: item path {path:?} must be relative and may not contain '..'")]
+    BadItemPath {
+        /// Volume.
+        volume: String,
+        /// The path.
+        path: String,
+    },
+    /// The ServiceAccount token of a projected volume could not be requested (yet).
+    #[error("volume {volume}: failed to fetch token for ServiceAccount {service_account:?}")]
+    MissingToken {
+        /// Volume.
+        volume: String,
+        /// The pod's ServiceAccount.
+        service_account: String,
     },
     /// A mount of a volume the pod does not declare.
     #[error("container {container}: volumeMount of undeclared volume {volume}")]
@@ -173,9 +204,11 @@ impl PlanError {
         match self {
             PlanError::UnknownImage { .. } => "ErrImageNeverPull",
             PlanError::CommandNotInImage { .. } => "RunContainerError",
-            PlanError::HostPathNotMapped { .. } | PlanError::UnsupportedVolume { .. } => {
-                "FailedMount"
-            }
+            PlanError::HostPathNotMapped { .. }
+            | PlanError::UnsupportedVolume { .. }
+            | PlanError::UnsupportedDownwardApi { .. }
+            | PlanError::BadItemPath { .. }
+            | PlanError::MissingToken { .. } => "FailedMount",
             PlanError::UnknownVolume { .. }
             | PlanError::Privileged { .. }
             | PlanError::MissingSecret(_)
@@ -196,6 +229,7 @@ impl PlanError {
                 | PlanError::MissingSecretKey { .. }
                 | PlanError::MissingConfigMap(_)
                 | PlanError::MissingConfigMapKey { .. }
+                | PlanError::MissingToken { .. }
         )
     }
 }
@@ -324,6 +358,12 @@ pub struct Placement<'a> {
     pub dir: &'a Path,
 }
 
+/// Where the kubeconfig of a ServiceAccount volume is written (beside the volumes, under a
+/// name no volume can have).
+pub fn kubeconfig_path(pod_dir: &Path, volume: &str) -> PathBuf {
+    pod_dir.join("volumes").join(".kubeconfig").join(volume)
+}
+
 /// Plans a pod; every problem found is returned, not only the first.
 pub fn plan(
     pod: &Pod,
@@ -336,19 +376,20 @@ pub fn plan(
     let spec = pod.spec.clone().unwrap_or_default();
     let mut volumes = BTreeMap::new();
     for v in spec.volumes.iter().flatten() {
-        match volume(v, sources, config, at.dir, &mut out) {
+        match volume(pod, v, sources, config, at, &mut out) {
             Ok(local) => {
                 volumes.insert(v.name.clone(), local);
             }
             Err(e) => errors.push(e),
         }
     }
+    let kubeconfigs = service_account_kubeconfigs(pod, &volumes, config, at, &mut out);
     for (init, list) in [
         (true, &spec.init_containers),
         (false, &Some(spec.containers.clone())),
     ] {
         for c in list.iter().flatten() {
-            match container(pod, c, &volumes, sources, config, at.ip) {
+            match container(pod, c, &volumes, &kubeconfigs, sources, config, at.ip) {
                 Ok(p) if init => out.init_containers.push(p),
                 Ok(p) => out.containers.push(p),
                 Err(mut e) => errors.append(&mut e),
@@ -362,15 +403,66 @@ pub fn plan(
     }
 }
 
+/// For local processes (containers see the volume at its mount path, where in-cluster
+/// configuration reads it) and a known API server, unless the runner's pod environment
+/// names a kubeconfig: the kubeconfig of each volume some container mounts at the ServiceAccount
+/// path, written beside the volumes; answers volume → kubeconfig file.
+fn service_account_kubeconfigs(
+    pod: &Pod,
+    volumes: &BTreeMap<String, PathBuf>,
+    config: &RunnerConfig,
+    at: &Placement<'_>,
+    out: &mut PodPlan,
+) -> BTreeMap<String, PathBuf> {
+    let mut made = BTreeMap::new();
+    let Some(api) = &config.api_server else {
+        return made;
+    };
+    let in_place = matches!(config.runtime, Runtime::Containers(_));
+    if in_place || config.pod_env.contains_key("KUBECONFIG") {
+        return made;
+    }
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mounts = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .flat_map(|c| c.volume_mounts.iter().flatten());
+    for m in mounts {
+        if m.mount_path.trim_end_matches('/') != crate::projected::TOKEN_MOUNT_PATH
+            || made.contains_key(&m.name)
+        {
+            continue;
+        }
+        let Some(local) = volumes.get(&m.name) else {
+            continue;
+        };
+        let local = match m.sub_path.as_deref() {
+            Some(sub) if !sub.is_empty() => local.join(sub),
+            _ => local.clone(),
+        };
+        let path = kubeconfig_path(at.dir, &m.name);
+        let namespace = pod.namespace().unwrap_or_default();
+        out.files.push(FileToWrite {
+            path: path.clone(),
+            contents: crate::projected::kubeconfig(api, &local, &namespace).into_bytes(),
+        });
+        made.insert(m.name.clone(), path);
+    }
+    made
+}
+
 /// Prepares one volume; answers its local directory.
 fn volume(
+    pod: &Pod,
     v: &Volume,
     sources: &Sources,
     config: &RunnerConfig,
-    pod_dir: &Path,
+    at: &Placement<'_>,
     out: &mut PodPlan,
 ) -> Result<PathBuf, PlanError> {
-    let dir = pod_dir.join("volumes").join(&v.name);
+    let dir = at.dir.join("volumes").join(&v.name);
     let keyed = |data: Option<&BTreeMap<String, Vec<u8>>>,
                  items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>,
                  missing_key: &dyn Fn(String) -> PlanError,
@@ -424,6 +516,17 @@ fn volume(
         keyed(data, c.items.as_ref(), &missing, out)?;
         return Ok(dir);
     }
+    if let Some(p) = &v.projected {
+        out.dirs.push(dir.clone());
+        crate::projected::projected_files(pod, &v.name, p, sources, at.ip, &dir, &mut out.files)?;
+        return Ok(dir);
+    }
+    if let Some(d) = &v.downward_api {
+        out.dirs.push(dir.clone());
+        let items = d.items.as_deref().unwrap_or_default();
+        crate::projected::downward_files(pod, &v.name, items, at.ip, &dir, &mut out.files)?;
+        return Ok(dir);
+    }
     if v.empty_dir.is_some() {
         out.dirs.push(dir.clone());
         return Ok(dir);
@@ -447,6 +550,7 @@ fn container(
     pod: &Pod,
     c: &Container,
     volumes: &BTreeMap<String, PathBuf>,
+    kubeconfigs: &BTreeMap<String, PathBuf>,
     sources: &Sources,
     config: &RunnerConfig,
     ip: Ipv4Addr,
@@ -503,7 +607,22 @@ fn container(
         }
     }
     mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-    let env = match environment(pod, c, sources, config, ip) {
+    // What a kubelet adds: the API server's Service variables, and here, for a local
+    // process, the kubeconfig of its ServiceAccount mount.
+    let mut runtime_env = config
+        .api_server
+        .as_ref()
+        .map(crate::projected::service_env)
+        .unwrap_or_default();
+    let service_account_mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path.trim_end_matches('/') == crate::projected::TOKEN_MOUNT_PATH);
+    if let Some(path) = service_account_mount.and_then(|m| kubeconfigs.get(&m.name)) {
+        runtime_env.push(("KUBECONFIG".into(), path.to_string_lossy().into_owned()));
+    }
+    let env = match environment(pod, c, &runtime_env, sources, config, ip) {
         Ok(env) => env,
         Err(mut e) => {
             errors.append(&mut e);
@@ -586,9 +705,15 @@ fn container(
         .map(|w| rewrite(&expand(w, &vars), &mounts))
         .collect();
     // The runner's own variables name paths of this machine, not of the pod: kept as given.
+    let given = |k: &str| {
+        config
+            .pod_env
+            .get(k)
+            .or_else(|| runtime_env.iter().find(|(n, _)| n == k).map(|(_, v)| v))
+    };
     let env = env
         .iter()
-        .map(|(k, v)| match config.pod_env.get(k) {
+        .map(|(k, v)| match given(k) {
             Some(given) if given == v => (k.clone(), v.clone()),
             _ => (k.clone(), rewrite(v, &mounts)),
         })
@@ -645,6 +770,7 @@ fn security(pod: &Pod, c: &Container) -> Security {
 fn environment(
     pod: &Pod,
     c: &Container,
+    runtime_env: &[(String, String)],
     sources: &Sources,
     config: &RunnerConfig,
     ip: Ipv4Addr,
@@ -656,6 +782,9 @@ fn environment(
     };
     set(&mut env, "PATH".into(), DEFAULT_PATH.into());
     set(&mut env, "HOSTNAME".into(), pod.name_any());
+    for (k, v) in runtime_env {
+        set(&mut env, k.clone(), v.clone());
+    }
     for (k, v) in &config.pod_env {
         set(&mut env, k.clone(), v.clone());
     }
@@ -759,7 +888,7 @@ fn env_value(
 }
 
 /// The downward API's fields.
-fn field(pod: &Pod, f: &ObjectFieldSelector, ip: Ipv4Addr) -> Option<String> {
+pub(crate) fn field(pod: &Pod, f: &ObjectFieldSelector, ip: Ipv4Addr) -> Option<String> {
     let spec = pod.spec.as_ref();
     let path = f.field_path.as_str();
     let keyed = |prefix: &str, map: &BTreeMap<String, String>| {
@@ -978,7 +1107,7 @@ mod tests {
     fn what_cannot_run_here_is_every_error_named() {
         let errs = plan_of(json!({
             "volumes": [{"name": "dev", "hostPath": {"path": "/dev/bus/usb"}},
-                        {"name": "p", "projected": {"sources": []}}],
+                        {"name": "p", "nfs": {"server": "nfs", "path": "/"}}],
             "containers": [
                 {"name": "a", "image": "nginx:1"},
                 {"name": "b", "image": "hsm-agent", "command": ["/bin/sh"]},
@@ -1002,6 +1131,101 @@ mod tests {
         assert_eq!(errs[5], PlanError::MissingSecret("absent".into()));
         assert!(errs[5].transient() && !errs[2].transient());
         assert!(matches!(&errs[6], PlanError::MissingSecretKey { key, .. } if key == "nokey"));
+    }
+
+    #[test]
+    fn a_service_account_mount_becomes_a_kubeconfig_for_a_local_process_only() {
+        let pod = pod(json!({
+            "serviceAccountName": "agent-sa",
+            "volumes": [{"name": "kube-api-access-x", "projected": {"sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}},
+                {"name": "tmp", "emptyDir": {}}],
+            "containers": [
+                {"name": "with", "image": "hsm-agent", "volumeMounts": [
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]},
+                {"name": "without", "image": "hsm-agent",
+                 "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}]}));
+        let mut sources = sources();
+        sources.tokens.insert(
+            TokenSpec {
+                audience: None,
+                expiration_seconds: 3607,
+            },
+            "tok".into(),
+        );
+        let mut config = config();
+        config.pod_env.remove("KUBECONFIG");
+        config.api_server = Some("https://10.0.0.1:6443".parse().unwrap());
+        // The state directory lies under a mount path of the pod: the generated path is
+        // still this machine's, not rewritten.
+        let dir = Path::new("/tmp/state/hsm/agent-1");
+        let at = Placement {
+            ip: Ipv4Addr::new(127, 0, 0, 7),
+            dir,
+        };
+        let p = plan(&pod, &sources, &config, &at).unwrap();
+        let kubeconfig = "/tmp/state/hsm/agent-1/volumes/.kubeconfig/kube-api-access-x";
+        assert_eq!(
+            env_of(&p.containers[0], "KUBECONFIG").as_deref(),
+            Some(kubeconfig)
+        );
+        assert_eq!(env_of(&p.containers[1], "KUBECONFIG"), None);
+        for c in &p.containers {
+            assert_eq!(
+                env_of(c, "KUBERNETES_SERVICE_HOST").as_deref(),
+                Some("10.0.0.1")
+            );
+            assert_eq!(
+                env_of(c, "KUBERNETES_SERVICE_PORT").as_deref(),
+                Some("6443")
+            );
+        }
+        let written = p
+            .files
+            .iter()
+            .find(|f| f.path == Path::new(kubeconfig))
+            .expect("the kubeconfig is written");
+        let text = String::from_utf8(written.contents.clone()).unwrap();
+        assert!(
+            text.contains("/tmp/state/hsm/agent-1/volumes/kube-api-access-x/token"),
+            "{text}"
+        );
+        assert!(p.files.iter().any(|f| f.path
+            == Path::new("/tmp/state/hsm/agent-1/volumes/kube-api-access-x/token")
+            && f.contents == b"tok"));
+
+        // A container runtime mounts the volume in place: no kubeconfig, the service
+        // variables only.
+        let mut in_containers = config.clone();
+        in_containers.runtime = Runtime::Containers(
+            crate::config::ContainerImages::new().with("hsm-agent", "localhost/hsm-agent:dev"),
+        );
+        let p = plan(&pod, &sources, &in_containers, &at).unwrap();
+        assert_eq!(env_of(&p.containers[0], "KUBECONFIG"), None);
+        assert_eq!(
+            env_of(&p.containers[0], "KUBERNETES_SERVICE_HOST").as_deref(),
+            Some("10.0.0.1")
+        );
+        assert!(!p.files.iter().any(|f| f.path == Path::new(kubeconfig)));
+
+        // A KUBECONFIG the runner is given wins: nothing generated.
+        config
+            .pod_env
+            .insert("KUBECONFIG".into(), "/admin/config".into());
+        let p = plan(&pod, &sources, &config, &at).unwrap();
+        assert_eq!(
+            env_of(&p.containers[0], "KUBECONFIG").as_deref(),
+            Some("/admin/config")
+        );
+        assert!(!p.files.iter().any(|f| f.path == Path::new(kubeconfig)));
+
+        // No API server known: no service variables, no kubeconfig.
+        config.pod_env.remove("KUBECONFIG");
+        config.api_server = None;
+        let p = plan(&pod, &sources, &config, &at).unwrap();
+        assert_eq!(env_of(&p.containers[0], "KUBECONFIG"), None);
+        assert_eq!(env_of(&p.containers[0], "KUBERNETES_SERVICE_HOST"), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::config::RunnerConfig;
 use crate::plan::{self, ContainerPlan, Placement, PlanError, PodPlan, Sources};
 use crate::probe::{Probe, Tracker};
 use crate::status::{self, Container, Observed, State};
+use crate::tokens::PodTokens;
 use chrono::Utc;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::ResourceExt;
@@ -144,7 +145,8 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, pod: Pod, mut stop: StopRx) {
     };
     let ip = sandbox.ip();
     reporter.update(|o| o.ip = Some(ip));
-    if let Some(plan) = prepare(&shared, &pod, &reporter, &dir, ip, &mut stop).await {
+    let mut tokens = PodTokens::default();
+    if let Some(plan) = prepare(&shared, &pod, &reporter, &dir, ip, &mut tokens, &mut stop).await {
         let pod_ref = format!("{ns}/{name}");
         let run = PodRun {
             shared: &shared,
@@ -152,6 +154,7 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, pod: Pod, mut stop: StopRx) {
             dir: &dir,
             ip,
             pod: &pod_ref,
+            never_restart: spec.restart_policy.as_deref() == Some("Never"),
             sandbox: &*sandbox,
         };
         if run.init(&plan.init_containers, &stop).await {
@@ -163,7 +166,7 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, pod: Pod, mut stop: StopRx) {
                 .map(|(i, c)| run.container(i, c, stop.clone()));
             tokio::select! {
                 _ = futures::future::join_all(all) => {}
-                _ = refresh(&shared, &pod, &dir, ip, stop.clone()) => {}
+                _ = refresh(&shared, &pod, &dir, ip, tokens, stop.clone()) => {}
             }
         } else {
             until_stop(&mut stop).await;
@@ -187,13 +190,14 @@ async fn prepare(
     reporter: &Reporter,
     dir: &Path,
     ip: Ipv4Addr,
+    tokens: &mut PodTokens,
     stop: &mut StopRx,
 ) -> Option<PodPlan> {
     loop {
         if stopped(stop).is_some() {
             return None;
         }
-        let sources = fetch_sources(&shared.client, pod).await;
+        let sources = fetch_sources(shared, pod, tokens).await;
         let planned = plan::plan(pod, &sources, &shared.config, &Placement { ip, dir });
         let errors =
             match planned.map(|p| write_files(dir, &p, containers(&shared.config)).map(|()| p)) {
@@ -236,11 +240,18 @@ async fn prepare(
     }
 }
 
-/// Reads the Secrets and ConfigMaps the pod refers to; an unreadable one counts as absent.
-async fn fetch_sources(client: &kube::Client, pod: &Pod) -> Sources {
+/// Reads the Secrets and ConfigMaps the pod refers to (an unreadable one counts as absent)
+/// and its ServiceAccount tokens (requested anew when due).
+async fn fetch_sources(shared: &Shared, pod: &Pod, tokens: &mut PodTokens) -> Sources {
+    let client = &shared.client;
     let ns = pod.namespace().unwrap_or_default();
     let (secret_names, map_names) = plan::referenced(pod);
-    let mut sources = Sources::default();
+    let mut sources = Sources {
+        tokens: tokens
+            .current(client, pod, shared.config.token_refresh_fraction)
+            .await,
+        ..Sources::default()
+    };
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     for name in secret_names {
         if let Ok(Some(s)) = secrets.get_opt(&name).await {
@@ -331,15 +342,22 @@ fn write_files(dir: &Path, plan: &PodPlan, containers: bool) -> std::io::Result<
     Ok(())
 }
 
-/// Keeps the pod's Secret and ConfigMap files up to date, as a kubelet does, every
-/// `resync`; runs until stopped.
-async fn refresh(shared: &Shared, pod: &Pod, dir: &Path, ip: Ipv4Addr, mut stop: StopRx) {
+/// Keeps the pod's Secret and ConfigMap files and ServiceAccount tokens up to date, as a
+/// kubelet does, every `resync`; runs until stopped.
+async fn refresh(
+    shared: &Shared,
+    pod: &Pod,
+    dir: &Path,
+    ip: Ipv4Addr,
+    mut tokens: PodTokens,
+    mut stop: StopRx,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(shared.config.resync) => {}
             _ = until_stop(&mut stop) => return,
         }
-        let sources = fetch_sources(&shared.client, pod).await;
+        let sources = fetch_sources(shared, pod, &mut tokens).await;
         // While a source is missing the files stay as they are (the kubelet keeps them too).
         if let Ok(plan) = plan::plan(pod, &sources, &shared.config, &Placement { ip, dir })
             && let Err(e) = write_files(dir, &plan, containers(&shared.config))
@@ -367,6 +385,9 @@ struct PodRun<'a> {
     dir: &'a Path,
     ip: Ipv4Addr,
     pod: &'a str,
+    /// `restartPolicy: Never`: a container that ended is not started again, whatever its
+    /// exit code (`OnFailure` restarts only failures, `Always` every end).
+    never_restart: bool,
     sandbox: &'a dyn Sandbox,
 }
 
@@ -502,7 +523,7 @@ impl PodRun<'_> {
                 finished,
             };
             tracing::info!(pod = self.pod, container = %plan.name, code, "container exited");
-            if !always && code == 0 {
+            if (!always && code == 0) || self.never_restart {
                 self.reporter.update(|o| {
                     o.containers[i].state = ended;
                     o.containers[i].ready = false;

@@ -7,7 +7,7 @@
 
 use api_emulator::Emulator;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use pod_runner::{HostPaths, ImageTable, PodRunner, RunnerConfig};
@@ -206,6 +206,11 @@ async fn a_deployment_runs_as_a_ready_pod_with_its_address_env_and_volumes() {
     ]);
     container["volumeMounts"] = json!([{"name": "creds", "mountPath": "/etc/creds", "readOnly": true},
                                        {"name": "scratch", "mountPath": "/scratch"}]);
+    // The pod's ServiceAccount must exist: the API server refuses pods of a missing one.
+    c.apply::<ServiceAccount>(
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web-sa"}}),
+    )
+    .await;
     c.apply::<Deployment>(deployment("web", 1, container, json!({
         "serviceAccountName": "web-sa",
         "volumes": [{"name": "creds", "secret": {"secretName": "creds"}}, {"name": "scratch", "emptyDir": {}}]}))).await;

@@ -486,10 +486,13 @@ impl<'a> Token<'a> {
     }
 }
 
+/// The namespaces, the PIN Secret, and the ServiceAccount the manager gives discovery and
+/// agent pods (the API server refuses pods of a ServiceAccount that does not exist).
 fn cluster_objects(pin: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {OPERATOR_NS}\n---\n\
          apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {APPS_NS}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: hsm-secrets-operator-controller-manager\n  namespace: {OPERATOR_NS}\n---\n\
          apiVersion: v1\nkind: Secret\nmetadata:\n  name: {DEVICE}-pin\n  namespace: {OPERATOR_NS}\n\
          stringData:\n  pin: \"{pin}\"\n"
     )
