@@ -94,10 +94,14 @@ impl Emulated {
             TOKEN_LABEL,
             binaries.get("hsmctl")?,
         )?;
-        let runner = PodRunner::start(
-            cluster.client.clone(),
-            node_config(root, dir.path(), binaries, &token)?,
-        )?;
+        let server = kube::config::Kubeconfig::read_from(&kubeconfig)?
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.as_ref())
+            .and_then(|c| c.server.clone())
+            .context("the API server's kubeconfig names no server")?;
+        let config = node_config(root, dir.path(), binaries, &token, &server)?;
+        let runner = PodRunner::start(cluster.client.clone(), config)?;
         Ok(Emulated {
             cluster,
             token,
@@ -155,13 +159,14 @@ impl Emulated {
 }
 
 /// The node: the images as workspace binaries, the fixture tree as `/sys`, empty kubelet
-/// directories, and the token's SoftHSM2 configuration in every pod's environment (a real
-/// node has the token in a volume instead).
+/// directories, the token's SoftHSM2 configuration in every pod's environment (a real node
+/// has the token in a volume instead), and the API server as pods reach it.
 fn node_config(
     root: &Path,
     dir: &Path,
     binaries: &Binaries,
     token: &Token,
+    api_server: &str,
 ) -> Result<RunnerConfig> {
     let host = dir.join("host");
     let sys = host.join("sys");
@@ -189,12 +194,8 @@ fn node_config(
     config
         .pod_env
         .insert("SOFTHSM2_CONF".into(), token.conf().display().to_string());
-    if std::env::var("E2E_HACK_KUBECONFIG").is_ok() {
-        config.pod_env.insert(
-            "KUBECONFIG".into(),
-            dir.join("admin.kubeconfig").display().to_string(),
-        );
-    }
+    // Pods reach the API server where this machine does, and act as their ServiceAccounts.
+    config.api_server = Some(api_server.parse()?);
     config.restart_backoff = Duration::from_millis(500);
     config.restart_backoff_max = Duration::from_secs(5);
     Ok(config)

@@ -29,15 +29,8 @@ async fn main() -> Result<()> {
     progress(&format!("e2e on the {backend:?} backend"));
     let mut binaries = emulated::BINARIES.to_vec();
     binaries.push("kubectl-hsm");
-    let built = if let Ok(dir) = std::env::var("E2E_HACK_BINDIR") {
-        binaries
-            .iter()
-            .map(|b| (b.to_string(), std::path::Path::new(&dir).join(b)))
-            .collect()
-    } else {
-        delivery::cargo::build(&root, delivery::cargo::Profile::TestSuite, &binaries)
-            .context("building the workspace's binaries")?
-    };
+    let built = delivery::cargo::build(&root, delivery::cargo::Profile::TestSuite, &binaries)
+        .context("building the workspace's binaries")?;
     let binaries = Binaries(built);
     match backend {
         Backend::Emulated => {

@@ -94,7 +94,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "rbac",
-        proves: "every request of the operator's ServiceAccounts was allowed, every permission deploy/ grants was used",
+        proves: "every request of the operator's ServiceAccounts was allowed (and which granted permissions went unused)",
     },
 ];
 
@@ -589,8 +589,17 @@ impl Run {
             crate::progress(&format!("    {line}"));
         }
         ensure!(
-            report.is_clean(),
-            "least privilege does not hold:\n{report}"
+            report.requests > 0,
+            "the operator's ServiceAccounts made no request: the pods did not run as them"
+        );
+        // Every request allowed: deploy/ grants at least what the code needs. That every
+        // grant is used is reported above; it does not fail the run yet, because the API
+        // emulator does not yet authorise a server-side apply that creates an object as
+        // `create` (as Kubernetes does), so the run cannot tell a needed `create` from a
+        // spare one.
+        ensure!(
+            report.denied.is_empty(),
+            "requests of the operator's ServiceAccounts were denied:\n{report}"
         );
         Ok(())
     }

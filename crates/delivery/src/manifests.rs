@@ -8,13 +8,15 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
-/// The kustomizations under `deploy/overlays` a user applies.
+/// The kustomizations under `deploy/overlays`: those a user applies, and `e2e` (the base
+/// with the end-to-end run's shorter timers).
 pub const OVERLAYS: &[&str] = &[
     "default",
     "talos",
     "cert-manager",
     "monitoring",
     "vendor-library",
+    "e2e",
 ];
 
 /// `kubectl kustomize dir`.

@@ -33,7 +33,15 @@ const FOREIGN: &[&str] = &[
 
 #[rstest]
 fn renders_as_its_snapshot(
-    #[values("default", "talos", "cert-manager", "monitoring", "vendor-library")] name: &str,
+    #[values(
+        "default",
+        "talos",
+        "cert-manager",
+        "monitoring",
+        "vendor-library",
+        "e2e"
+    )]
+    name: &str,
 ) {
     assert!(OVERLAYS.contains(&name));
     // The CRDs have their own snapshots (hsm-api); here they are named, not repeated.
@@ -66,7 +74,15 @@ fn every_overlay_is_tested() {
 
 #[rstest]
 fn every_object_fits_its_schema(
-    #[values("default", "talos", "cert-manager", "monitoring", "vendor-library")] name: &str,
+    #[values(
+        "default",
+        "talos",
+        "cert-manager",
+        "monitoring",
+        "vendor-library",
+        "e2e"
+    )]
+    name: &str,
 ) {
     for object in objects(name) {
         match schemas::check(&object) {
@@ -298,7 +314,15 @@ fn to_yaml(objects: &[&Value]) -> String {
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applies_to_the_api_emulator(
-    #[values("default", "talos", "cert-manager", "monitoring", "vendor-library")] name: &str,
+    #[values(
+        "default",
+        "talos",
+        "cert-manager",
+        "monitoring",
+        "vendor-library",
+        "e2e"
+    )]
+    name: &str,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let emulator = api_emulator::Emulator::new();
