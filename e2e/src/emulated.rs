@@ -283,6 +283,10 @@ fn node_config(
         &root.join("crates/hsm-discovery/tests/fixtures/sysfs"),
         &sys,
     )?;
+    // Every /sys has the cgroup mount point; a container runtime mounts the cgroup file
+    // system there in a container that mounts the node's /sys, and cannot make it in a
+    // read-only mount.
+    std::fs::create_dir_all(sys.join("fs/cgroup"))?;
     let mut host_paths = HostPaths::new().with("/sys", &sys);
     for path in [
         "/run/udev",
