@@ -6,7 +6,7 @@ use e2e::cluster::{Cluster, OPERATOR_NAMESPACE};
 use e2e::emulated::{self, Binaries, Emulated};
 use e2e::scenarios::{APPS_NAMESPACE, Run, SCENARIOS};
 use e2e::{Backend, Runtime, progress, workspace_root};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
@@ -60,6 +60,15 @@ async fn main() -> Result<()> {
                     return interrupted_by(signal);
                 }
             };
+            // A scenario whose child process (kubectl, curl) Ctrl-C ended may fail just
+            // before the run hears of the signal itself.
+            if outcome.is_err()
+                && let Ok(signal) =
+                    tokio::time::timeout(Duration::from_millis(500), interrupted.recv()).await
+            {
+                emulated.stop().await;
+                return interrupted_by(signal);
+            }
             if outcome.is_err() {
                 for namespace in [OPERATOR_NAMESPACE, APPS_NAMESPACE] {
                     eprintln!("{}", emulated.describe(namespace).await);
