@@ -6,7 +6,8 @@
 //!
 //! - as a `tower::Service`: [`Emulator::client`] gives a `kube::Client` with no socket;
 //! - as an HTTP or HTTPS server on 127.0.0.1: [`Emulator::serve`] / [`Emulator::serve_tls`]
-//!   (or the `api-emulator serve [--tls] [--authz rbac]` binary) listens and
+//!   (or on another address, [`Emulator::serve_on`] / [`Emulator::serve_tls_on`]; or the
+//!   `api-emulator serve [--bind ADDR] [--tls] [--authz rbac]` binary) listens and
 //!   [`server::Server::write_kubeconfig`] writes a kubeconfig with the admin's token (and the
 //!   cluster CA), so the manager binary and `kubectl` connect to it as to a cluster.
 //!
