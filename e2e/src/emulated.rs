@@ -175,16 +175,11 @@ impl Emulated {
             .and_then(|c| c.cluster.as_ref())
             .and_then(|c| c.server.clone())
             .context("the API server's kubeconfig names no server")?;
-        let mut config = node_config(root, dir.path(), binaries, &token, &server)?;
+        let mut config = node_config(root, dir.path(), binaries, &server)?;
+        config.devices = Devices::new().with(device_resource(), device(&token, runtime));
         let runner = match (podman.and_then(Unstarted::started), &images) {
             (Some(podman), Some(images)) => {
                 config.runtime = pod_runner::Runtime::Containers(images.table().clone());
-                config.devices = Devices::new().with(
-                    device_resource(),
-                    DeviceAllocation::new()
-                        .with_env("SOFTHSM2_CONF", "/etc/softhsm2.conf")
-                        .with_mount(token.tokens(), delivery::components::TEST_TOKEN_DIR),
-                );
                 PodRunner::start_with(cluster.client.clone(), config, Arc::new(podman))?
             }
             _ => PodRunner::start(cluster.client.clone(), config)?,
@@ -267,14 +262,29 @@ pub fn device_resource() -> String {
     hsm_api::names::resource_name(DEVICE_TYPE)
 }
 
-/// The node with local processes: the images as workspace binaries, the fixture tree as
-/// `/sys`, empty kubelet directories, the device's token configuration for the pods that ask
-/// for it, and the API server as pods reach it.
+/// What a container asking for the node's device gets: with containers, the token's
+/// directory mounted where the agent image's SoftHSM2 keeps tokens and `SOFTHSM2_CONF`
+/// naming that SoftHSM2's configuration, as a device plugin's `Allocate` answer gives mounts
+/// and variables; a local process gets the token's configuration on this machine.
+fn device(token: &Token, runtime: Runtime) -> DeviceAllocation {
+    use delivery::components::{TEST_SOFTHSM2_CONF, TEST_TOKEN_DIR};
+    match runtime {
+        Runtime::Containers => DeviceAllocation::new()
+            .with_env("SOFTHSM2_CONF", TEST_SOFTHSM2_CONF)
+            .with_mount(token.tokens(), TEST_TOKEN_DIR),
+        Runtime::Processes => {
+            DeviceAllocation::new().with_env("SOFTHSM2_CONF", token.conf().display().to_string())
+        }
+    }
+}
+
+/// The node (for local processes; the caller sets the container runtime and the device):
+/// the images as workspace binaries, the fixture tree as `/sys`, empty kubelet directories,
+/// and the API server as pods reach it.
 fn node_config(
     root: &Path,
     dir: &Path,
     binaries: &Binaries,
-    token: &Token,
     api_server: &str,
 ) -> Result<RunnerConfig> {
     let host = dir.join("host");
@@ -304,10 +314,6 @@ fn node_config(
     }
     config.images = images;
     config.host_paths = host_paths;
-    config.devices = Devices::new().with(
-        device_resource(),
-        DeviceAllocation::new().with_env("SOFTHSM2_CONF", token.conf().display().to_string()),
-    );
     // Pods reach the API server where this machine does, and act as their ServiceAccounts.
     config.api_server = Some(api_server.parse()?);
     config.restart_backoff = Duration::from_millis(500);

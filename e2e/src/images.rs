@@ -26,7 +26,7 @@ pub const IMAGE_LABEL: &str = "io.hsm-secrets-operator.e2e";
 pub struct RunImages {
     label: String,
     table: ContainerImages,
-    _work: tempfile::TempDir,
+    work: tempfile::TempDir,
 }
 
 /// The tag of run `id`'s images.
@@ -55,7 +55,7 @@ impl RunImages {
         let mut images = RunImages {
             label,
             table: ContainerImages::new(),
-            _work: work,
+            work,
         };
         for (named, binary) in IMAGES {
             let component =
@@ -63,7 +63,7 @@ impl RunImages {
             let started = Instant::now();
             let mut image = format!("localhost/{}:{tag}", component.image);
             podman::build_component(
-                images._work.path(),
+                images.work.path(),
                 &component,
                 binaries.get(binary)?,
                 &image,
@@ -73,7 +73,7 @@ impl RunImages {
             if component == components::AGENT {
                 let base = image;
                 image = format!("localhost/{}-softhsm:{tag}", component.image);
-                podman::build_test_layer(images._work.path(), &base, &image, &labels)
+                podman::build_test_layer(images.work.path(), &base, &image, &labels)
                     .with_context(|| format!("building {image}"))?;
             }
             crate::progress(&format!(
