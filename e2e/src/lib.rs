@@ -11,9 +11,23 @@
 //! - `kind`: where the `kind` binary and a container engine exist: a kind cluster with the
 //!   images loaded ([`kind`] builds the commands).
 //! - `cluster`: any real cluster from `KUBECONFIG`, with the images already loaded.
+//!
+//! The `emulated` backend's node runs pods in one of two ways ([`Runtime`], chosen by
+//! `E2E_RUNTIME`):
+//!
+//! - `containers` (the default where Podman answers): every pod as Podman containers of the
+//!   real images, built in the run from the debug binaries it builds ([`images`]), on an
+//!   internal Podman network, each pod with its own address and network namespace;
+//! - `processes`: every pod as local processes of the workspace binaries, each on its own
+//!   loopback address; quick to start, for debugging a scenario.
+//!
+//! Containers, networks and images of a run carry labels with the checkout's run id
+//! ([`emulated::run_id`]): a run removes what a killed run of the same checkout left when it
+//! starts, and everything it made when it ends (also on Ctrl-C or SIGTERM).
 
 pub mod cluster;
 pub mod emulated;
+pub mod images;
 pub mod install;
 pub mod kind;
 pub mod process;
@@ -46,6 +60,41 @@ impl Backend {
     }
 }
 
+/// How the `emulated` backend's node runs pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// Podman containers of the real images.
+    Containers,
+    /// Local processes of the workspace binaries.
+    Processes,
+}
+
+impl Runtime {
+    /// The runtime `E2E_RUNTIME` names; unset, containers where Podman answers
+    /// (`podman_answers` is asked only then), else processes.
+    pub fn from_env(podman_answers: impl FnOnce() -> bool) -> anyhow::Result<Runtime> {
+        Runtime::parse(std::env::var("E2E_RUNTIME").ok().as_deref(), podman_answers)
+    }
+
+    fn parse(
+        value: Option<&str>,
+        podman_answers: impl FnOnce() -> bool,
+    ) -> anyhow::Result<Runtime> {
+        match value {
+            None | Some("") => Ok(if podman_answers() {
+                Runtime::Containers
+            } else {
+                Runtime::Processes
+            }),
+            Some("containers") => Ok(Runtime::Containers),
+            Some("processes") => Ok(Runtime::Processes),
+            Some(other) => {
+                anyhow::bail!("E2E_RUNTIME={other:?}: expected containers or processes")
+            }
+        }
+    }
+}
+
 /// The workspace's root directory (where `deploy/` is).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -60,4 +109,29 @@ pub fn progress(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_is_containers_where_podman_answers_unless_named() {
+        assert_eq!(Runtime::parse(None, || true).unwrap(), Runtime::Containers);
+        assert_eq!(
+            Runtime::parse(Some(""), || false).unwrap(),
+            Runtime::Processes
+        );
+        let asked = |_: bool| -> bool { panic!("podman is not asked when a runtime is named") };
+        assert_eq!(
+            Runtime::parse(Some("processes"), || asked(true)).unwrap(),
+            Runtime::Processes
+        );
+        assert_eq!(
+            Runtime::parse(Some("containers"), || asked(true)).unwrap(),
+            Runtime::Containers
+        );
+        let error = Runtime::parse(Some("vm"), || true).unwrap_err().to_string();
+        assert!(error.contains("containers or processes"), "{error}");
+    }
 }

@@ -5,8 +5,9 @@ use anyhow::{Context, Result, bail};
 use e2e::cluster::{Cluster, OPERATOR_NAMESPACE};
 use e2e::emulated::{self, Binaries, Emulated};
 use e2e::scenarios::{APPS_NAMESPACE, Run, SCENARIOS};
-use e2e::{Backend, progress, workspace_root};
-use std::time::Instant;
+use e2e::{Backend, Runtime, progress, workspace_root};
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -34,8 +35,40 @@ async fn main() -> Result<()> {
     let binaries = Binaries(built);
     match backend {
         Backend::Emulated => {
-            let emulated = Emulated::start(&root, &binaries).await?;
-            let outcome = run_scenarios(&emulated, &binaries, until.as_deref()).await;
+            let runtime = Runtime::from_env(delivery::podman::available)?;
+            progress(&format!("the node runs pods as {runtime:?} (E2E_RUNTIME)"));
+            // From here on Ctrl-C and SIGTERM stop the run and remove what it made.
+            let mut interrupted = Interrupted::new()?;
+            let started = Instant::now();
+            let emulated = tokio::select! {
+                emulated = Emulated::start(&root, &binaries, runtime) => emulated?,
+                signal = interrupted.recv() => return interrupted_by(signal),
+            };
+            progress(&format!(
+                "the cluster is up ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            ));
+            let mut scenarios = tokio::spawn(run_scenarios(
+                emulated.run(binaries.get("kubectl-hsm")?)?,
+                until,
+            ));
+            let outcome = tokio::select! {
+                outcome = &mut scenarios => outcome.context("the scenarios' task")?,
+                signal = interrupted.recv() => {
+                    scenarios.abort();
+                    emulated.stop().await;
+                    return interrupted_by(signal);
+                }
+            };
+            // A scenario whose child process (kubectl, curl) Ctrl-C ended may fail just
+            // before the run hears of the signal itself.
+            if outcome.is_err()
+                && let Ok(signal) =
+                    tokio::time::timeout(Duration::from_millis(500), interrupted.recv()).await
+            {
+                emulated.stop().await;
+                return interrupted_by(signal);
+            }
             if outcome.is_err() {
                 for namespace in [OPERATOR_NAMESPACE, APPS_NAMESPACE] {
                     eprintln!("{}", emulated.describe(namespace).await);
@@ -72,21 +105,40 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn run_scenarios(
-    emulated: &Emulated,
-    binaries: &Binaries,
-    until: Option<&str>,
-) -> Result<()> {
-    let mut run = Run {
-        cluster: emulated.cluster.clone(),
-        token: Some(emulated.token.clone()),
-        kubectl_hsm: binaries.get("kubectl-hsm")?.to_owned(),
-        dir: emulated.dir().to_owned(),
-        installed: Vec::new(),
-        pods_share_the_host_network: true,
-        password: String::new(),
-    };
-    scenarios(&mut run, until).await
+async fn run_scenarios(mut run: Run, until: Option<String>) -> Result<()> {
+    scenarios(&mut run, until.as_deref()).await
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM, once their handlers replace the default (dying at once).
+struct Interrupted {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupted {
+    fn new() -> Result<Interrupted> {
+        Ok(Interrupted {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next one: its name and number.
+    async fn recv(&mut self) -> (&'static str, i32) {
+        tokio::select! {
+            _ = self.int.recv() => ("SIGINT", 2),
+            _ = self.term.recv() => ("SIGTERM", 15),
+        }
+    }
+}
+
+/// Ends the process as a signal's default would (exit status 128 + its number), the run's
+/// containers, network and images being removed already.
+fn interrupted_by((name, number): (&str, i32)) -> Result<()> {
+    progress(&format!(
+        "e2e: stopped by {name}; what the run made is removed"
+    ));
+    std::process::exit(128 + number)
 }
 
 async fn scenarios(run: &mut Run, until: Option<&str>) -> Result<()> {

@@ -1,6 +1,6 @@
-//! The run's own long-lived processes (the API emulator): output to a log file, dead with
-//! the run even when the run is killed (`PR_SET_PDEATHSIG`), stopped with SIGTERM when
-//! dropped.
+//! The run's own long-lived processes (the API emulator): output to a log file, in a process
+//! group of their own (Ctrl-C reaches the run, which stops them), dead with the run even
+//! when the run is killed (`PR_SET_PDEATHSIG`), stopped with SIGTERM when dropped.
 
 use anyhow::{Context, Result};
 use std::os::unix::process::CommandExt;
@@ -36,6 +36,9 @@ impl Service {
                     .map_err(std::io::Error::from)
             });
         }
+        // Its own process group: Ctrl-C at a terminal signals the foreground group, and the
+        // run stops its services itself once it has removed what it made.
+        command.process_group(0);
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", program.display()))?;

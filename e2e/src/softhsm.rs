@@ -20,6 +20,7 @@ pub struct Token {
 impl Token {
     /// Makes token `label` under `dir` (its configuration, token files and PINs).
     pub fn create(dir: &Path, label: &str, hsmctl: &Path) -> Result<Token> {
+        // The token files' directory; `Token::tokens` names it.
         let tokens = dir.join("tokens");
         std::fs::create_dir_all(&tokens)?;
         std::fs::write(
@@ -62,6 +63,11 @@ impl Token {
     /// The SoftHSM2 configuration file (`SOFTHSM2_CONF`).
     pub fn conf(&self) -> PathBuf {
         self.dir.join("softhsm2.conf")
+    }
+
+    /// The directory of the token's files (SoftHSM2's `directories.tokendir`).
+    pub fn tokens(&self) -> PathBuf {
+        self.dir.join("tokens")
     }
 
     /// The directory holding the configuration and the token.

@@ -88,7 +88,9 @@ enum Cmd {
         hours: u64,
     },
     /// Run the end-to-end scenarios (`E2E_BACKEND`: emulated by default, or cluster on the
-    /// cluster KUBECONFIG names); with a scenario's name, only the scenarios up to it.
+    /// cluster KUBECONFIG names; `E2E_RUNTIME`: the emulated node's pods as Podman
+    /// containers where Podman answers, or as local processes); with a scenario's name, only
+    /// the scenarios up to it.
     E2e {
         /// The last scenario to run.
         until: Option<String>,

@@ -6,7 +6,8 @@
 //!
 //! - as a `tower::Service`: [`Emulator::client`] gives a `kube::Client` with no socket;
 //! - as an HTTP or HTTPS server on 127.0.0.1: [`Emulator::serve`] / [`Emulator::serve_tls`]
-//!   (or the `api-emulator serve [--tls] [--authz rbac]` binary) listens and
+//!   (or on another address, [`Emulator::serve_on`] / [`Emulator::serve_tls_on`]; or the
+//!   `api-emulator serve [--bind ADDR] [--tls] [--authz rbac]` binary) listens and
 //!   [`server::Server::write_kubeconfig`] writes a kubeconfig with the admin's token (and the
 //!   cluster CA), so the manager binary and `kubectl` connect to it as to a cluster.
 //!
@@ -424,18 +425,28 @@ impl Emulator {
     /// Serves over plain HTTP on `127.0.0.1:port` (0 picks a free port) until the returned
     /// server is dropped.
     pub async fn serve(&self, port: u16) -> Result<server::Server, EmulatorError> {
-        server::Server::start(self.clone(), SocketAddr::from(([127, 0, 0, 1], port)), None).await
+        self.serve_on(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+    }
+
+    /// Serves over plain HTTP on `addr` (port 0 picks a free port).
+    pub async fn serve_on(&self, addr: SocketAddr) -> Result<server::Server, EmulatorError> {
+        server::Server::start(self.clone(), addr, None).await
     }
 
     /// Serves over HTTPS with a certificate of the cluster CA on `127.0.0.1:port`.
     pub async fn serve_tls(&self, port: u16) -> Result<server::Server, EmulatorError> {
-        let config = self.inner.ca.server_config()?;
-        server::Server::start(
-            self.clone(),
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            Some(config),
-        )
-        .await
+        self.serve_tls_on(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+    }
+
+    /// Serves over HTTPS on `addr` (port 0 picks a free port), with a certificate of the
+    /// cluster CA that names `addr`'s address besides the loopback and in-cluster names: an
+    /// address where containers on a bridge reach this machine, for instance, as a cluster's
+    /// API server certificate names its advertised address.
+    pub async fn serve_tls_on(&self, addr: SocketAddr) -> Result<server::Server, EmulatorError> {
+        let config = self.inner.ca.server_config(addr.ip())?;
+        server::Server::start(self.clone(), addr, Some(config)).await
     }
 
     /// Registers every CRD found in the YAML files of `dir`, as `kubectl apply -f dir` would.

@@ -1,8 +1,9 @@
-//! `api-emulator serve --kubeconfig PATH [--port N] [--tls] [--authz rbac] [--crds DIR]
-//! [--objects PATH]... [--audit-log FILE] [--token-file CSV]
-//! [--service-account-dir NS/NAME=DIR]...`: an emulated Kubernetes API on 127.0.0.1 for
-//! kubectl, the manager and the local demo.
+//! `api-emulator serve --kubeconfig PATH [--bind ADDR] [--port N] [--tls] [--authz rbac]
+//! [--crds DIR] [--objects PATH]... [--audit-log FILE] [--token-file CSV]
+//! [--service-account-dir NS/NAME=DIR]...`: an emulated Kubernetes API on 127.0.0.1 (or the
+//! address given) for kubectl, the manager and the local demo.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,7 +32,13 @@ struct ServeArgs {
     /// --tls).
     #[arg(long)]
     kubeconfig: PathBuf,
-    /// Port on 127.0.0.1 (0: any free port).
+    /// The address to listen on; the kubeconfig names it. Another address than a loopback
+    /// one (where containers on a bridge reach this machine) is also named by the serving
+    /// certificate with --tls. Every address ("0.0.0.0") is refused: the certificate could
+    /// not name what clients dial.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST), value_parser = bind_address)]
+    bind: IpAddr,
+    /// Port on the --bind address (0: any free port).
     #[arg(long, default_value_t = 0)]
     port: u16,
     /// Serve HTTPS with a certificate of a generated cluster CA.
@@ -72,6 +79,19 @@ struct ServeArgs {
 enum Command {
     /// Serve until killed; prints the address, writes a kubeconfig.
     Serve(ServeArgs),
+}
+
+/// A `--bind` address: one address, not every address.
+fn bind_address(text: &str) -> Result<IpAddr, String> {
+    let address: IpAddr = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not an IP address"))?;
+    if address.is_unspecified() {
+        return Err(format!(
+            "{text} means every address; give the one address clients dial (the kubeconfig and the serving certificate name it)"
+        ));
+    }
+    Ok(address)
 }
 
 /// Parses one line of a static token file: `token,user,uid,"g1,g2"`.
@@ -151,10 +171,11 @@ async fn main() -> anyhow::Result<()> {
         Authz::AlwaysAllow => Authorization::AlwaysAllow,
         Authz::Rbac => Authorization::Rbac,
     });
+    let address = SocketAddr::new(args.bind, args.port);
     let server = if args.tls {
-        emu.serve_tls(args.port).await
+        emu.serve_tls_on(address).await
     } else {
-        emu.serve(args.port).await
+        emu.serve_on(address).await
     }
     .context("starting the server")?;
     server

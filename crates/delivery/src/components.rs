@@ -153,6 +153,9 @@ pub const TEST_LAYER: &[HostFile] = &[
 
 /// Where the test layer's SoftHSM2 keeps its tokens: mount the token volume here.
 pub const TEST_TOKEN_DIR: &str = "/var/lib/softhsm/tokens";
+/// The test layer's SoftHSM2 configuration (keeping tokens in [`TEST_TOKEN_DIR`]): give it
+/// to the agent as `SOFTHSM2_CONF`.
+pub const TEST_SOFTHSM2_CONF: &str = "/etc/softhsm2.conf";
 
 /// Where the CCID bundle's Info.plist is read (a link to the file Debian keeps in /etc).
 pub const CCID_INFO_PLIST: &str = "/usr/lib/pcsc/drivers/ifd-ccid.bundle/Contents/Info.plist";

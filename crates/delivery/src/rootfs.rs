@@ -3,7 +3,8 @@
 //! manager, no package database.
 
 use crate::components::{
-    CCID_INFO_PLIST, CCID_INFO_PLIST_ETC, Component, HostFile, TEST_LAYER, TEST_TOKEN_DIR,
+    CCID_INFO_PLIST, CCID_INFO_PLIST_ETC, Component, HostFile, TEST_LAYER, TEST_SOFTHSM2_CONF,
+    TEST_TOKEN_DIR,
 };
 use crate::{Error, Result, closure, plist};
 use std::collections::BTreeSet;
@@ -50,13 +51,13 @@ pub fn layer(root: &Path, files: &[HostFile]) -> Result<()> {
     copier.host_files(files)
 }
 
-/// The agent's test-only layer: [`TEST_LAYER`]'s files, `/etc/softhsm2.conf` keeping tokens
+/// The agent's test-only layer: [`TEST_LAYER`]'s files, [`TEST_SOFTHSM2_CONF`] keeping tokens
 /// in [`TEST_TOKEN_DIR`] (the token volume's mount point), and that directory.
 pub fn test_layer(root: &Path) -> Result<()> {
     layer(root, TEST_LAYER)?;
     create_dir(&root.join(TEST_TOKEN_DIR.trim_start_matches('/')))?;
     write(
-        &root.join("etc/softhsm2.conf"),
+        &root.join(TEST_SOFTHSM2_CONF.trim_start_matches('/')),
         &format!(
             "directories.tokendir = {TEST_TOKEN_DIR}\nobjectstore.backend = file\nlog.level = ERROR\n"
         ),

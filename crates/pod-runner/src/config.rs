@@ -289,6 +289,9 @@ pub struct RunnerConfig {
     pub token_refresh_fraction: f64,
     /// Processes or containers; [`crate::PodRunner::start`] picks the backend from it.
     pub runtime: Runtime,
+    /// The node's devices: what a container asking for an extended resource gets, as from
+    /// its device plugin's `Allocate` ([`crate::devices`]).
+    pub devices: crate::devices::Devices,
 }
 
 impl RunnerConfig {
@@ -311,6 +314,7 @@ impl RunnerConfig {
             api_server: None,
             token_refresh_fraction: 0.8,
             runtime: Runtime::Processes,
+            devices: crate::devices::Devices::new(),
         }
     }
 }

@@ -26,6 +26,9 @@
 //!   (server, `ca.crt`, the token as `tokenFile`), unless [`RunnerConfig::pod_env`] sets
 //!   one. A container runtime ([`Runtime::Containers`]) mounts the volume
 //!   directory at its path instead.
+//! - A container asking for an extended resource in `resources.limits` gets what the node's
+//!   device of that resource gives ([`RunnerConfig::devices`], [`devices`]): variables and
+//!   mounts, as a kubelet gives what the device plugin's `Allocate` answered.
 //! - Each pod gets its own loopback address 127.0.X.Y as `status.podIP`; readiness and
 //!   liveness probes (httpGet, tcpSocket) run against it; containers are restarted with
 //!   backoff as `restartPolicy` says; Pod status (phase, conditions, container statuses) and
@@ -46,6 +49,8 @@
 //!
 //! Differences from a real cluster, on purpose or for now:
 //!
+//! - devices are configured per resource, one allocation each, not obtained from device
+//!   plugins over their sockets; device nodes are never passed to a pod;
 //! - one node; several runners on one API server would each create the Deployments' pods;
 //! - every Deployment is rolled out as `Recreate`; Deployment pods have no ReplicaSet;
 //!   tolerations, taints and resource requests play no part in placing a pod; a pod that
@@ -81,6 +86,7 @@ mod backend;
 mod config;
 mod controller;
 pub mod desired;
+pub mod devices;
 pub mod plan;
 pub mod podman;
 pub mod probe;
@@ -95,6 +101,7 @@ pub use config::{
     ApiServer, ApiServerError, ContainerImages, HostPaths, ImageTable, PairError, RunnerConfig,
     Runtime,
 };
+pub use devices::{DeviceAllocation, DeviceMount, Devices};
 pub use podman::{Podman, PodmanConfig};
 
 use std::path::PathBuf;

@@ -606,14 +606,29 @@ fn container(
             }),
         }
     }
-    mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-    // What a kubelet adds: the API server's Service variables, and here, for a local
-    // process, the kubeconfig of its ServiceAccount mount.
+    // What a kubelet adds: the API server's Service variables, what the devices the
+    // container asks for give, and here, for a local process, the kubeconfig of its
+    // ServiceAccount mount.
     let mut runtime_env = config
         .api_server
         .as_ref()
         .map(crate::projected::service_env)
         .unwrap_or_default();
+    for allocation in config.devices.allocated(c) {
+        runtime_env.extend(allocation.envs.clone());
+        for m in &allocation.mounts {
+            container_mounts.push(Mount {
+                source: m.host_path.clone(),
+                target: m.container_path.clone(),
+                read_only: m.read_only,
+            });
+            mounts.push((
+                m.container_path.trim_end_matches('/').to_owned(),
+                m.host_path.clone(),
+            ));
+        }
+    }
+    mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
     let service_account_mount = c
         .volume_mounts
         .iter()
@@ -1226,6 +1241,62 @@ mod tests {
         let p = plan(&pod, &sources, &config, &at).unwrap();
         assert_eq!(env_of(&p.containers[0], "KUBECONFIG"), None);
         assert_eq!(env_of(&p.containers[0], "KUBERNETES_SERVICE_HOST"), None);
+    }
+
+    #[test]
+    fn a_container_asking_for_a_device_gets_its_variables_and_mounts() {
+        use crate::devices::{DeviceAllocation, Devices};
+        let pod = pod(json!({
+            "containers": [
+                {"name": "agent", "image": "hsm-agent",
+                 "args": ["--token-dir=/var/lib/softhsm/tokens/t1"],
+                 "env": [{"name": "OVERRIDDEN", "value": "by-the-spec"}],
+                 "resources": {"limits": {"hsm.j5t.io/picohsm": "1"}}},
+                {"name": "other", "image": "hsm-agent"}]}));
+        let mut config = config();
+        config.devices = Devices::new().with(
+            "hsm.j5t.io/picohsm",
+            DeviceAllocation::new()
+                .with_env("SOFTHSM2_CONF", "/etc/softhsm2.conf")
+                .with_env("OVERRIDDEN", "by-the-device")
+                .with_mount("/node/tokens", "/var/lib/softhsm/tokens"),
+        );
+        let at = Placement {
+            ip: Ipv4Addr::new(127, 0, 0, 7),
+            dir: Path::new("/state/hsm/agent-1"),
+        };
+        // A local process: the variables, and the mount's path rewritten to the host's.
+        let p = plan(&pod, &sources(), &config, &at).unwrap();
+        let (agent, other) = (&p.containers[0], &p.containers[1]);
+        assert_eq!(
+            env_of(agent, "SOFTHSM2_CONF").as_deref(),
+            Some("/etc/softhsm2.conf")
+        );
+        assert_eq!(env_of(agent, "OVERRIDDEN").as_deref(), Some("by-the-spec"));
+        assert_eq!(agent.args, ["--token-dir=/node/tokens/t1"]);
+        assert_eq!(env_of(other, "SOFTHSM2_CONF"), None);
+
+        // A container: the variables and the mount.
+        config.runtime = Runtime::Containers(
+            crate::config::ContainerImages::new().with("hsm-agent", "localhost/hsm-agent:e2e"),
+        );
+        let p = plan(&pod, &sources(), &config, &at).unwrap();
+        let (agent, other) = (&p.containers[0], &p.containers[1]);
+        assert_eq!(
+            env_of(agent, "SOFTHSM2_CONF").as_deref(),
+            Some("/etc/softhsm2.conf")
+        );
+        assert_eq!(agent.args, ["--token-dir=/var/lib/softhsm/tokens/t1"]);
+        assert_eq!(
+            agent.mounts,
+            [Mount {
+                source: PathBuf::from("/node/tokens"),
+                target: "/var/lib/softhsm/tokens".into(),
+                read_only: false,
+            }]
+        );
+        assert!(other.mounts.is_empty());
+        assert_eq!(env_of(other, "SOFTHSM2_CONF"), None);
     }
 
     #[test]

@@ -78,6 +78,9 @@ impl Service {
                     .map_err(std::io::Error::from)
             });
         }
+        // Its own process group: Ctrl-C at a terminal signals the foreground group, and the
+        // service must outlive that long enough for the runner to remove its containers.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command
             .spawn()
             .map_err(|e| format!("starting `podman system service` (is podman installed?): {e}"))?;
@@ -227,11 +230,23 @@ pub async fn remove_labelled(docker: &Docker, socket: &Path, id: &str) -> Result
         }))
         .await
         .map_err(|e| format!("listing the runner's networks: {e}"))?;
-    for n in networks.iter().filter_map(|n| n.name.as_deref()) {
+    for network in &networks {
+        let Some(n) = network.name.as_deref() else {
+            continue;
+        };
         if let Err(e) = docker.remove_network(n).await
             && !not_found(&e)
         {
             failures.push(format!("removing network {n}: {e}"));
+        }
+        // The bridge made for it beforehand (a CNI network's), which Podman leaves.
+        let bridge = network
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(BRIDGE_LABEL))
+            .filter(|b| is_runner_bridge(b));
+        if let Some(bridge) = bridge {
+            remove_bridge(bridge);
         }
     }
     if failures.is_empty() {
@@ -374,15 +389,35 @@ impl Network {
     }
 }
 
-/// Creates the network `name` labelled with the runner's id.
+/// The label naming a network's bridge interface, so that a killed run's bridge is removed
+/// with its network.
+pub const BRIDGE_LABEL: &str = "io.hsm-secrets-operator.pod-runner.bridge";
+
+/// The prefix of the bridges runners make.
+const BRIDGE_PREFIX: &str = "prbr";
+
+/// Whether `name` is a bridge name a runner makes (`prbr` and 10 hex digits): nothing else
+/// is ever removed on a label's word.
+fn is_runner_bridge(name: &str) -> bool {
+    name.strip_prefix(BRIDGE_PREFIX)
+        .is_some_and(|rest| rest.len() == 10 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Creates the network `name` labelled with the runner's id (and its bridge's name).
 pub async fn create_network(docker: &Docker, id: &str, name: &str) -> Result<Network, SetupError> {
-    let bridge = format!("prbr{}", &hex::encode(rand::random::<[u8; 5]>())[..10]);
+    let bridge = format!(
+        "{BRIDGE_PREFIX}{}",
+        &hex::encode(rand::random::<[u8; 5]>())[..10]
+    );
     docker
         .create_network(NetworkCreateRequest {
             name: name.to_owned(),
             driver: Some("bridge".into()),
             internal: Some(true),
-            labels: Some(HashMap::from([(RUNNER_LABEL.to_owned(), id.to_owned())])),
+            labels: Some(HashMap::from([
+                (RUNNER_LABEL.to_owned(), id.to_owned()),
+                (BRIDGE_LABEL.to_owned(), bridge.clone()),
+            ])),
             options: Some(HashMap::from([(
                 "com.docker.network.bridge.name".to_owned(),
                 bridge.clone(),
@@ -505,6 +540,22 @@ mod tests {
         assert_eq!(pods[0], Ipv4Addr::new(10, 89, 3, 2));
         assert_eq!(pods[252], Ipv4Addr::new(10, 89, 3, 254));
         assert!(!n.is_pod_address(Ipv4Addr::new(10, 89, 4, 2)));
+    }
+
+    #[test]
+    fn only_a_runners_bridge_name_is_removed_on_a_labels_word() {
+        assert!(is_runner_bridge("prbr0123456789"));
+        assert!(is_runner_bridge("prbrabcdef0123"));
+        for other in [
+            "eth0",
+            "prbr",
+            "prbr0123",
+            "prbr0123456789a",
+            "prbrxyz0123456",
+            "cni-podman0",
+        ] {
+            assert!(!is_runner_bridge(other), "{other}");
+        }
     }
 
     #[test]
