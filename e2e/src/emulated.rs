@@ -17,6 +17,8 @@ use std::time::Duration;
 
 /// The node the runner plays.
 pub const NODE: &str = "e2e-node";
+/// The runner's state directory (its pods' directories), under the run's directory.
+const PODS: &str = "pods";
 /// The label of the SoftHSM2 token.
 pub const TOKEN_LABEL: &str = "e2e";
 /// The images the manifests name, each the workspace binary that stands for it.
@@ -116,6 +118,19 @@ impl Emulated {
         self.dir.path()
     }
 
+    /// The node beneath the runner's pods, for scenarios that crash a container or read a
+    /// pod's volume.
+    pub fn node(&self, binaries: &Binaries) -> Result<crate::node::LocalNode> {
+        let mut executables = BTreeMap::new();
+        for (image, binary) in IMAGES {
+            executables.insert(image.to_owned(), binaries.get(binary)?.to_owned());
+        }
+        Ok(crate::node::LocalNode::new(
+            self.dir.path().join(PODS),
+            executables,
+        ))
+    }
+
     /// The pods of `namespace` with their status and container logs, for a failure message.
     pub async fn describe(&self, namespace: &str) -> String {
         let Some(runner) = self.runner.as_ref() else {
@@ -184,7 +199,7 @@ fn node_config(
         std::fs::create_dir_all(&local)?;
         host_paths.insert(path, local);
     }
-    let mut config = RunnerConfig::new(NODE, dir.join("pods"));
+    let mut config = RunnerConfig::new(NODE, dir.join(PODS));
     let mut images = ImageTable::new();
     for (image, binary) in IMAGES {
         images.insert(image, binaries.get(binary)?);

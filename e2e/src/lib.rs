@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod emulated;
 pub mod install;
 pub mod kind;
+pub mod node;
 pub mod process;
 pub mod rbac_usage;
 pub mod scenarios;

@@ -57,6 +57,7 @@ async fn main() -> Result<()> {
                 installed: Vec::new(),
                 pods_share_the_host_network: false,
                 password: String::new(),
+                node: None,
             };
             scenarios(&mut run, until.as_deref()).await
         }
@@ -85,6 +86,7 @@ async fn run_scenarios(
         installed: Vec::new(),
         pods_share_the_host_network: true,
         password: String::new(),
+        node: Some(std::sync::Arc::new(emulated.node(binaries)?)),
     };
     scenarios(&mut run, until).await
 }
