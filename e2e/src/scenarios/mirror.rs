@@ -9,7 +9,7 @@
 //! standing in for it. Once the runtime runs a card beside its agent, the same description
 //! names the virtual Pico HSM and OpenSC's module instead, and the scenario stays as it is.
 
-use super::agents::{AGENT_CONTAINER, http};
+use super::agents::{AGENT_CONTAINER, http, restarts};
 use super::{Run, WRITER, is_ready};
 use crate::cluster::{OPERATOR_NAMESPACE, wait_for};
 use crate::softhsm::Token;
@@ -227,10 +227,11 @@ impl Run {
             Duration::from_secs(60),
             || async {
                 let now = self.agent_pod(&agent).await?;
-                Ok((super::agents::restarts(&now, AGENT_CONTAINER)
-                    > super::agents::restarts(&pod, AGENT_CONTAINER)
-                    && is_ready(&now))
-                .then_some(()))
+                Ok(
+                    (restarts(&now, AGENT_CONTAINER) > restarts(&pod, AGENT_CONTAINER)
+                        && is_ready(&now))
+                    .then_some(()),
+                )
             },
         )
         .await?;

@@ -5,8 +5,9 @@
 //! back without a restart.
 //!
 //! The try is counted on the token itself: its user PIN flags (read without logging in) show
-//! `count low` after a wrong PIN until the next right login, which the scenario makes between
-//! the two restarts so that a second try would show. SoftHSM2 never locks a PIN, and the
+//! `count low` after a wrong PIN until the next right login, which the scenario makes right
+//! after the refusal, so that another try (by the refused agent, or by it restarted) would
+//! show. SoftHSM2 never locks a PIN, and the
 //! scenario ends with a right login, so the token is left as usable as it was.
 
 use super::agents::{AGENT_CONTAINER, readyz, restarts};
@@ -24,6 +25,9 @@ use std::time::{Duration, Instant};
 /// Where the agent keeps the PINs its token refused: `--state-dir` (`/tmp/hsm-agent`) on
 /// the pod's `tmp` volume.
 const REFUSALS: &str = "hsm-agent/refused-pins.json";
+/// How long the token is watched for another try by an agent that was refused: longer than
+/// its first retries (every 2 s, the backoff doubling from 1 s).
+const RETRIES_WATCHED: Duration = Duration::from_secs(4);
 
 impl Run {
     pub(super) async fn wrong_pin(&mut self) -> Result<()> {
@@ -88,6 +92,16 @@ impl Run {
             !is_ready(&pod),
             "the agent's pod is Ready with a refused PIN"
         );
+
+        // A right login clears the count, so that another try would show again: the agent
+        // keeps trying to connect (every 2 s, backing off), and offers the token nothing.
+        token.hsmctl(&["info"])?;
+        let cleared = Instant::now();
+        ensure!(
+            token.pin_counter()? == PinCounter::default(),
+            "a right login left the token's count: {:?}",
+            token.pin_counter()?
+        );
         let why = self.hsmsecret_says("PinRefused").await?;
         crate::progress(&format!(
             "    wrong PIN offered once; agent: {}; HSMSecret {SECRET}: {why}",
@@ -97,15 +111,14 @@ impl Run {
             self.secret_value("password").await?.as_deref() == Some(held.as_slice()),
             "the Secret lost its value while the PIN was wrong"
         );
-
-        // A right login clears the count: a second try would show again. The agent, crashed
-        // again, remembers the refusal and offers the token nothing.
-        token.hsmctl(&["info"])?;
+        tokio::time::sleep(RETRIES_WATCHED.saturating_sub(cleared.elapsed())).await;
         ensure!(
             token.pin_counter()? == PinCounter::default(),
-            "a right login left the token's count: {:?}",
+            "the agent offered the refused PIN again: {:?}",
             token.pin_counter()?
         );
+
+        // Crashed again, the agent remembers the refusal and offers the token nothing.
         node.kill_container(&pod, AGENT_CONTAINER)?;
         let (pod, answer) = self
             .agent_not_ready(&agent, first_restarts + 2, "PinRefused")
@@ -117,7 +130,7 @@ impl Run {
         );
         ensure!(
             token.pin_counter()? == PinCounter::default(),
-            "the restarted agent offered the refused PIN again: {:?}",
+            "the restarted agent offered the refused PIN: {:?}",
             token.pin_counter()?
         );
         ensure!(
@@ -133,10 +146,7 @@ impl Run {
         let pod = self
             .ready_agent_pod(&agent, Duration::from_secs(90))
             .await?;
-        crate::progress(&format!(
-            "    right PIN back: agent Ready after {} ms",
-            fixed.elapsed().as_millis()
-        ));
+        let agent_ready = fixed.elapsed();
         ensure!(
             restarts(&pod, AGENT_CONTAINER) == restarted,
             "the agent needed a restart to take the right PIN"
@@ -144,6 +154,11 @@ impl Run {
         let base = self.manager_url(None).await?;
         self.manager_sees_healthy(&base, 1, Duration::from_secs(30))
             .await?;
+        crate::progress(&format!(
+            "    right PIN back: agent Ready after {} ms, the manager serves it again after {} ms",
+            agent_ready.as_millis(),
+            fixed.elapsed().as_millis()
+        ));
         let password = crate::softhsm::random_hex(12);
         let writer = self.dir.join(format!("{WRITER}.token"));
         let (code, body) = put(
