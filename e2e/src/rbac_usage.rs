@@ -130,6 +130,29 @@ pub struct AuditRequest {
 }
 
 impl AuditRequest {
+    /// Whether the API server refused it for want of a permission: denied outright, or a
+    /// 403 from a check made while serving it (an apply that would create without `create`).
+    pub fn refused(&self) -> bool {
+        !self.allowed || self.code == 403
+    }
+
+    /// What the API server authorised to serve it: the request itself when allowed, and for
+    /// a `patch` answered 201 (a server-side apply that created its object) also `create`,
+    /// which the server checks before it creates. Nothing when refused.
+    pub fn authorised(&self) -> Vec<AuditRequest> {
+        if self.refused() {
+            return Vec::new();
+        }
+        let mut out = vec![self.clone()];
+        if self.verb == "patch" && self.code == 201 && self.subresource.is_empty() {
+            out.push(AuditRequest {
+                verb: "create".into(),
+                ..self.clone()
+            });
+        }
+        out
+    }
+
     /// The request as the authoriser saw it.
     fn attributes(&self) -> Attributes {
         Attributes {
@@ -378,11 +401,12 @@ pub fn check(
     };
     report.denied = ours
         .iter()
-        .filter(|r| !r.allowed)
+        .filter(|r| r.refused())
         .map(|r| (*r).clone())
         .collect();
+    let used: Vec<AuditRequest> = ours.iter().flat_map(|r| r.authorised()).collect();
     for permission in granted {
-        if ours.iter().any(|r| r.allowed && permission.allows(r)) {
+        if used.iter().any(|r| permission.allows(r)) {
             continue;
         }
         match exemptions.iter().find(|e| e.covers(permission)) {
@@ -534,6 +558,34 @@ mod tests {
         let report = check(&granted, &requests, &[]);
         assert_eq!(report.unused.len(), 1, "{report}");
         assert_eq!(report.unused[0].resource, "leases");
+    }
+
+    #[test]
+    fn an_apply_that_created_its_object_used_create_and_one_that_changed_it_did_not() {
+        let mut objects = manifests();
+        objects[0]["rules"][0]["verbs"] = json!(["get", "watch", "create", "patch"]);
+        let granted = permissions(&objects, NS).unwrap();
+        let mut requests = all_used();
+        requests.push(request("patch", "", "secrets", "", "apps", "db"));
+        let report = check(&granted, &requests, &[]);
+        let unused: Vec<&str> = report.unused.iter().map(|p| p.verb.as_str()).collect();
+        assert_eq!(unused, ["create"], "{report}");
+        requests.last_mut().unwrap().code = 201;
+        let report = check(&granted, &requests, &[]);
+        assert!(report.is_clean(), "{report}");
+    }
+
+    #[test]
+    fn a_403_from_a_check_inside_an_allowed_request_is_a_denial_that_uses_nothing() {
+        let granted = permissions(&manifests(), NS).unwrap();
+        let mut requests = all_used();
+        let mut refused = request("patch", "hsm.j5t.io", "hsmsecrets", "status", "apps", "db");
+        refused.code = 403;
+        requests[2] = refused;
+        let report = check(&granted, &requests, &[]);
+        assert_eq!(report.denied.len(), 1, "{report}");
+        assert_eq!(report.unused.len(), 1, "{report}");
+        assert_eq!(report.unused[0].resource, "hsmsecrets/status");
     }
 
     #[test]

@@ -10,12 +10,14 @@
 //! * `images` — builds the scratch images from the release binaries, loads them into Podman
 //!   and runs each one's `--help`.
 //! * `deps`  — only installs what is missing.
+//! * `prune-cache` — deletes superseded test and binary executables from the build cache.
 
 mod demo;
 mod deps;
 mod images;
 mod nix_lint;
 mod podman_conf;
+mod prune;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -78,6 +80,13 @@ enum Cmd {
     },
     /// Install the Debian packages and cargo tools the project needs, if missing.
     Deps,
+    /// Delete test and binary executables a newer build superseded more than `--hours` ago
+    /// from the build cache (`CARGO_TARGET_DIR`, else `target/`); CI runs it first.
+    PruneCache {
+        /// How old a superseded executable must be to go.
+        #[arg(long, default_value_t = 12)]
+        hours: u64,
+    },
     /// Run the end-to-end scenarios (`E2E_BACKEND`: emulated by default, or cluster on the
     /// cluster KUBECONFIG names); with a scenario's name, only the scenarios up to it.
     E2e {
@@ -121,11 +130,23 @@ fn main() -> Result<()> {
         Cmd::Images { debug } => images::run(&root, debug),
         Cmd::Deps => deps::ensure(),
         Cmd::E2e { until } => e2e(&root, until.as_deref()),
+        Cmd::PruneCache { hours } => {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            prune::run(&target, std::time::Duration::from_secs(hours * 3600))
+        }
     }
 }
 
+/// The workspace this `cargo xtask` runs in. Cargo gives the run its package's directory at
+/// run time; the compile-time value is only a fallback, because cargo reuses a build made in
+/// another clone of the same sources (its hashes are relative to the workspace), and that
+/// clone's path would be baked in.
 fn workspace_root() -> Result<PathBuf> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     Ok(manifest
         .parent()
         .context("xtask lives inside the workspace")?

@@ -365,6 +365,9 @@ impl Emulator {
                 let type_ = patch_type(req, &res)?;
                 let mut store = self.inner.store.lock();
                 let existed = store.get(&t.key(), &t.namespace, &t.name).is_some();
+                if !existed && type_ == PatchType::Apply {
+                    self.authorize_apply_create(&store, &t, user)?;
+                }
                 let v = ops::patch(&mut store, &t, type_, req.body(), &write_opts)?;
                 if existed { ok(v) } else { created(v) }
             }
@@ -539,6 +542,39 @@ fn bracket_depth(body: &[u8]) -> usize {
 }
 
 /// The authoriser's 403 for `a`.
+impl Emulator {
+    /// A server-side apply that would create the object needs `create` as well as the
+    /// request's `patch`, as the real server checks (its patch handler authorises the
+    /// creation it is about to make); a refusal is a 403 on the `patch` request.
+    fn authorize_apply_create(
+        &self,
+        store: &crate::store::Store,
+        t: &Target,
+        user: &UserInfo,
+    ) -> Result<(), ApiError> {
+        if *self.inner.authorization.read() != Authorization::Rbac {
+            return Ok(());
+        }
+        let attributes = rbac::Attributes {
+            user: user.clone(),
+            verb: "create".into(),
+            resource: Some(rbac::ResourceAttributes {
+                namespace: t.namespace.clone(),
+                group: t.res.group.clone(),
+                resource: t.res.plural.clone(),
+                subresource: String::new(),
+                name: t.name.clone(),
+            }),
+            path: String::new(),
+        };
+        if rbac::allows(&self.rbac_snapshot(store), &attributes) {
+            Ok(())
+        } else {
+            Err(denied(&attributes))
+        }
+    }
+}
+
 fn denied(a: &rbac::Attributes) -> ApiError {
     let why = rbac::forbidden_message(a);
     match &a.resource {

@@ -273,3 +273,66 @@ async fn requests_are_authorised_by_the_same_rules() {
         )
     );
 }
+
+/// A server-side apply that creates its object needs `create` besides `patch`; one that
+/// changes an existing object needs `patch` only (the real server's patch handler authorises
+/// the creation it makes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_creates_needs_create_as_well_as_patch() {
+    let mut env = common::env().await;
+    let ns = env.namespace.clone();
+    let user = format!("emu-rbac-applier-{ns}");
+    let rbac = "rbac.authorization.k8s.io/v1";
+    create(&env.client, json!({"apiVersion": rbac, "kind": "Role", "metadata": {"name": "applier", "namespace": ns}, "rules": [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["patch", "create"]},
+    ]})).await;
+    create(&env.client, json!({"apiVersion": rbac, "kind": "RoleBinding", "metadata": {"name": "applier", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "applier"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})).await;
+    let as_user = env.client_as(&user, &[]).await;
+    let apply = kube::api::PatchParams::apply("applier");
+    let config_map = |data: &str| {
+        kube::api::Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "applied"}, "data": {"k": data}}))
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(as_user.clone(), &ns);
+    let refused = match cms.patch("applied", &apply, &config_map("1")).await {
+        Err(kube::Error::Api(s)) => s,
+        other => panic!("expected 403, got {other:?}"),
+    };
+    assert_eq!(refused.code, 403);
+    assert!(
+        refused
+            .message
+            .contains("cannot create resource \"configmaps\""),
+        "{}",
+        refused.message
+    );
+    let admin: Api<ConfigMap> = env.api();
+    assert!(admin.get_opt("applied").await.unwrap().is_none());
+    admin
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "applied"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let changed = cms
+        .patch("applied", &apply, &config_map("2"))
+        .await
+        .unwrap();
+    assert_eq!(changed.data.unwrap()["k"], "2");
+
+    let secrets: Api<Secret> = Api::namespaced(as_user, &ns);
+    let made = secrets
+        .patch(
+            "applied",
+            &apply,
+            &kube::api::Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "applied"}, "stringData": {"k": "v"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(made.metadata.name.as_deref(), Some("applied"));
+}
