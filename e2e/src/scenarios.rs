@@ -1,6 +1,11 @@
 //! The scenarios, in the order a user meets the product. Each asserts on Kubernetes objects
 //! and, where the run can reach the token, on the HSM itself.
 
+mod agents;
+mod crash;
+pub mod mirror;
+mod wrong_pin;
+
 use crate::cluster::{Cluster, OPERATOR_NAMESPACE, wait_for};
 use crate::install::{self, MANAGER};
 use crate::rbac_usage::{self, Exemption};
@@ -48,6 +53,9 @@ pub struct Run {
     pub pods_share_the_host_network: bool,
     /// The password the token held when it was plugged in.
     pub password: String,
+    /// The node the pods run on, where the backend lets the run reach beneath Kubernetes
+    /// (crash a container, read a pod's volume).
+    pub node: Option<std::sync::Arc<dyn crate::node::Node>>,
 }
 
 /// One scenario: its name and what it does.
@@ -85,6 +93,18 @@ pub const SCENARIOS: &[Scenario] = &[
         proves: "the leader's pod killed: the other replica leads, writes still reach the Secret",
     },
     Scenario {
+        name: "agent-killed",
+        proves: "the agent's process killed: the node restarts it in the same pod, it is Ready again, the Secret kept its value throughout, a write afterwards reaches the HSM and the Secret",
+    },
+    Scenario {
+        name: "wrong-pin",
+        proves: "a wrong PIN in the HSMDevice's Secret: the token is offered it once (not again after a restart), the agent and the HSMSecret say why, the right PIN put back: it recovers",
+    },
+    Scenario {
+        name: "mirror",
+        proves: "a second device is mirrored what the first holds; a delete it missed reaches it when it is back, and nothing deleted comes back",
+    },
+    Scenario {
         name: "device-deleted",
         proves: "HSMDevice deleted: its agents go, the HSM data stays",
     },
@@ -108,6 +128,9 @@ impl Run {
             "rest" => self.rest().await,
             "plugin" => self.plugin().await,
             "failover" => self.failover().await,
+            "agent-killed" => self.agent_killed().await,
+            "wrong-pin" => self.wrong_pin().await,
+            "mirror" => self.mirror().await,
             "device-deleted" => self.device_deleted().await,
             "uninstall" => self.uninstall().await,
             "rbac" => self.rbac(),
