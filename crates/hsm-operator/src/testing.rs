@@ -227,7 +227,7 @@ impl TestAgent {
     /// Stops serving and drops every connection (the agent process died); the token stays.
     pub async fn stop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+            shut_down(runtime);
         }
     }
 }
@@ -235,9 +235,18 @@ impl TestAgent {
 impl Drop for TestAgent {
     fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+            shut_down(runtime);
         }
     }
+}
+
+/// Stops the agent's runtime and waits (briefly) for its PKCS#11 calls in flight: a test
+/// process that exits while one runs has SoftHSM2 torn down under it at exit (a SIGSEGV
+/// after the test passed). The wait happens on a thread of its own, since a runtime cannot
+/// wait for its blocking tasks from inside another runtime's task.
+fn shut_down(runtime: tokio::runtime::Runtime) {
+    let waiting = std::thread::spawn(move || runtime.shutdown_timeout(Duration::from_secs(5)));
+    let _ = waiting.join();
 }
 
 /// Binds `addr`, retrying while a just-closed listener still holds it.

@@ -305,9 +305,17 @@ async fn an_empty_device_joining_late_triggers_a_pass_by_becoming_healthy() {
     // An empty token announces no secret name when it comes back: only its health moved.
     let _two = TestAgent::start_on(&pki, two_hsm, two_addr).await;
     holds(&*b, "tls-cert", &values(&[("tls.crt", "PEM")])).await;
-    let last = running.mirror.last_summary().unwrap();
+    // The write lands before the pass that made it records its summary: wait for that.
+    let last = eventually(
+        WAIT,
+        "the pass that wrote to record its summary",
+        || async {
+            let last = running.mirror.last_summary()?;
+            (last.written == 1).then_some(last)
+        },
+    )
+    .await;
     assert_eq!(last.trigger, Trigger::DeviceReady, "{last:?}");
-    assert_eq!(last.written, 1);
 }
 
 #[tokio::test]
