@@ -90,6 +90,7 @@ async fn main() -> Result<()> {
                 installed: Vec::new(),
                 pods_share_the_host_network: false,
                 password: String::new(),
+                card: None,
             };
             scenarios(&mut run, until.as_deref()).await
         }

@@ -1,6 +1,8 @@
 //! The scenarios, in the order a user meets the product. Each asserts on Kubernetes objects
 //! and, where the run can reach the token, on the HSM itself.
 
+mod card_pulled;
+
 use crate::cluster::{Cluster, OPERATOR_NAMESPACE, wait_for};
 use crate::install::{self, MANAGER};
 use crate::rbac_usage::{self, Exemption};
@@ -48,6 +50,8 @@ pub struct Run {
     pub pods_share_the_host_network: bool,
     /// The password the token held when it was plugged in.
     pub password: String,
+    /// The virtual Pico HSM, where the runtime plugs it into an agent's own pcscd.
+    pub card: Option<std::sync::Arc<crate::card::VirtualCard>>,
 }
 
 /// One scenario: its name and what it does.
@@ -85,6 +89,10 @@ pub const SCENARIOS: &[Scenario] = &[
         proves: "the leader's pod killed: the other replica leads, writes still reach the Secret",
     },
     Scenario {
+        name: "card-pulled",
+        proves: "the virtual Pico HSM pulled during REST writes: its agent recovers in place (same pod, no restart), writes fail on the card with a reason meanwhile, and nothing acknowledged is lost (REST API, Secret, the card itself)",
+    },
+    Scenario {
         name: "device-deleted",
         proves: "HSMDevice deleted: its agents go, the HSM data stays",
     },
@@ -108,6 +116,7 @@ impl Run {
             "rest" => self.rest().await,
             "plugin" => self.plugin().await,
             "failover" => self.failover().await,
+            "card-pulled" => self.card_pulled().await,
             "device-deleted" => self.device_deleted().await,
             "uninstall" => self.uninstall().await,
             "rbac" => self.rbac(),
