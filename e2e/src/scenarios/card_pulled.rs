@@ -10,6 +10,7 @@ use super::{APPS_NAMESPACE, Run, SECRET, WRITER, is_ready};
 use crate::card::{self, VirtualCard};
 use crate::cluster::{OPERATOR_NAMESPACE, wait_for};
 use anyhow::{Context, Result, ensure};
+use base64::Engine as _;
 use hsm_api::HSMPool;
 use hsm_api::names::ports;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -92,8 +93,11 @@ impl Run {
         let pulled = Instant::now();
         card.pull();
         let mut failed_on_card = 0;
+        let mut slowest = Duration::ZERO;
         for _ in 0..4 {
+            let started = Instant::now();
             let write = card_write(&base, &writer, next, false)?;
+            slowest = slowest.max(started.elapsed());
             next += 1;
             failed_on_card += usize::from(!write.on_card);
             writes.push(write);
@@ -169,8 +173,12 @@ impl Run {
                 Some(&writer),
                 None,
             )?;
+            // The REST API answers values base64-encoded.
+            let read = answer["data"]["data"]["value"]
+                .as_str()
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok());
             ensure!(
-                code == 200 && answer["data"]["data"]["value"] == write.value.as_str(),
+                code == 200 && read.as_deref() == Some(write.value.as_bytes()),
                 "the acknowledged write of {} reads back {code}: {answer}",
                 write.name
             );
