@@ -41,6 +41,8 @@ use std::time::Duration;
 
 /// The node the runner plays.
 pub const NODE: &str = "e2e-node";
+/// The runner's state directory (its pods' directories), under the run's directory.
+const PODS: &str = "pods";
 /// The label of the SoftHSM2 token.
 pub const TOKEN_LABEL: &str = "e2e";
 /// The device type of the run's HSMDevice, whose extended resource the node's device is.
@@ -88,6 +90,8 @@ pub struct Emulated {
     /// local processes an agent's pcscd would be this machine's, so there is none).
     pub card: Option<Arc<VirtualCard>>,
     runner: Option<PodRunner>,
+    /// The runner's id: the label value on every container it makes.
+    runner_id: String,
     emulator: Service,
     // Dropped after the runner has removed its containers.
     images: Option<RunImages>,
@@ -122,6 +126,11 @@ pub fn run_id(root: &Path) -> String {
     hex::encode(&digest[..4])
 }
 
+/// The pod runner's id for run `id` (the label on its containers and network).
+fn runner_id(id: &str) -> String {
+    format!("e2e-{id}")
+}
+
 impl Emulated {
     /// Starts the node's runtime (with containers: the images, then the Podman network),
     /// the API server where the pods reach it, the token and the node.
@@ -132,7 +141,7 @@ impl Emulated {
             Runtime::Processes => (None, None),
             Runtime::Containers => {
                 let images = RunImages::build(&id, binaries)?;
-                let podman = Podman::connect(PodmanConfig::new(format!("e2e-{id}")))
+                let podman = Podman::connect(PodmanConfig::new(runner_id(&id)))
                     .await
                     .context("setting up Podman's network for the node")?;
                 (Some(images), Some(Unstarted(Some(podman))))
@@ -191,12 +200,16 @@ impl Emulated {
             Runtime::Processes => None,
         };
         let mut config = node_config(root, dir.path(), binaries, &server)?;
-        config.devices = Devices::new().with(device_resource(), device(&token, runtime));
-        // The card needs nothing from the node: it dials the agent pod's vpcd reader.
-        config.devices.insert(
-            hsm_api::names::resource_name(CARD_DEVICE_TYPE),
-            DeviceAllocation::new(),
-        );
+        // Both USB HSMs the node's tree shows are served from the token directory: the
+        // SmartCard-HSM by the token the mirror scenario makes beside the first. The virtual
+        // card, which is that SmartCard-HSM in the card-pulled scenario, needs nothing from
+        // the node (it dials its agent pod's vpcd reader); its agent gets the same allocation.
+        config.devices = Devices::new()
+            .with(device_resource(), device(&token, runtime))
+            .with(
+                hsm_api::names::resource_name(crate::scenarios::mirror::SECOND.device_type),
+                device(&token, runtime),
+            );
         let runner = match (podman.and_then(Unstarted::started), &images) {
             (Some(podman), Some(images)) => {
                 config.runtime = pod_runner::Runtime::Containers(images.table().clone());
@@ -210,6 +223,7 @@ impl Emulated {
             runtime,
             card,
             runner: Some(runner),
+            runner_id: runner_id(&id),
             emulator,
             images,
             dir,
@@ -217,7 +231,15 @@ impl Emulated {
     }
 
     /// What the scenarios share, for this cluster.
-    pub fn run(&self, kubectl_hsm: &Path) -> Result<Run> {
+    pub fn run(&self, binaries: &Binaries) -> Result<Run> {
+        let node: Arc<dyn crate::node::Node> = match self.runtime {
+            Runtime::Processes => Arc::new(self.node(binaries)?),
+            Runtime::Containers => Arc::new(crate::node::PodmanNode::new(
+                self.dir.path().join(PODS),
+                self.runner_id.clone(),
+            )),
+        };
+        let kubectl_hsm = binaries.get("kubectl-hsm")?;
         Ok(Run {
             cluster: self.cluster.clone(),
             token: Some(self.token.clone()),
@@ -226,6 +248,7 @@ impl Emulated {
             installed: Vec::new(),
             pods_share_the_host_network: self.runtime == Runtime::Processes,
             password: String::new(),
+            node: Some(node),
             card: self.card.clone(),
         })
     }
@@ -233,6 +256,19 @@ impl Emulated {
     /// Where the run keeps its files (logs, pods, the token).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The node beneath the runner's pods, for scenarios that crash a container or read a
+    /// pod's volume.
+    fn node(&self, binaries: &Binaries) -> Result<crate::node::LocalNode> {
+        let mut executables = BTreeMap::new();
+        for (image, binary) in IMAGES {
+            executables.insert(image.to_owned(), binaries.get(binary)?.to_owned());
+        }
+        Ok(crate::node::LocalNode::new(
+            self.dir.path().join(PODS),
+            executables,
+        ))
     }
 
     /// The pods of `namespace` with their status and container logs, for a failure message.
@@ -332,7 +368,7 @@ fn node_config(
         std::fs::create_dir_all(&local)?;
         host_paths.insert(path, local);
     }
-    let mut config = RunnerConfig::new(NODE, dir.join("pods"));
+    let mut config = RunnerConfig::new(NODE, dir.join(PODS));
     let mut images = ImageTable::new();
     for (image, binary) in IMAGES {
         images.insert(image, binaries.get(binary)?);

@@ -31,6 +31,7 @@ pub mod emulated;
 pub mod images;
 pub mod install;
 pub mod kind;
+pub mod node;
 pub mod process;
 pub mod rbac_usage;
 pub mod scenarios;

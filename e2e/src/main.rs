@@ -48,10 +48,7 @@ async fn main() -> Result<()> {
                 "the cluster is up ({:.1} s)",
                 started.elapsed().as_secs_f64()
             ));
-            let mut scenarios = tokio::spawn(run_scenarios(
-                emulated.run(binaries.get("kubectl-hsm")?)?,
-                until,
-            ));
+            let mut scenarios = tokio::spawn(run_scenarios(emulated.run(&binaries)?, until));
             let outcome = tokio::select! {
                 outcome = &mut scenarios => outcome.context("the scenarios' task")?,
                 signal = interrupted.recv() => {
@@ -90,6 +87,7 @@ async fn main() -> Result<()> {
                 installed: Vec::new(),
                 pods_share_the_host_network: false,
                 password: String::new(),
+                node: None,
                 card: None,
             };
             scenarios(&mut run, until.as_deref()).await

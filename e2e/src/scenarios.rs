@@ -1,7 +1,11 @@
 //! The scenarios, in the order a user meets the product. Each asserts on Kubernetes objects
 //! and, where the run can reach the token, on the HSM itself.
 
+mod agents;
 mod card_pulled;
+mod crash;
+pub mod mirror;
+mod wrong_pin;
 
 use crate::cluster::{Cluster, OPERATOR_NAMESPACE, wait_for};
 use crate::install::{self, MANAGER};
@@ -50,6 +54,9 @@ pub struct Run {
     pub pods_share_the_host_network: bool,
     /// The password the token held when it was plugged in.
     pub password: String,
+    /// The node the pods run on, where the backend lets the run reach beneath Kubernetes
+    /// (crash a container, read a pod's volume).
+    pub node: Option<std::sync::Arc<dyn crate::node::Node>>,
     /// The virtual Pico HSM, where the runtime plugs it into an agent's own pcscd.
     pub card: Option<std::sync::Arc<crate::card::VirtualCard>>,
 }
@@ -89,6 +96,18 @@ pub const SCENARIOS: &[Scenario] = &[
         proves: "the leader's pod killed: the other replica leads, writes still reach the Secret",
     },
     Scenario {
+        name: "agent-killed",
+        proves: "the agent's process killed: the node restarts it in the same pod, it is Ready again, the Secret kept its value throughout, a write afterwards reaches the HSM and the Secret",
+    },
+    Scenario {
+        name: "wrong-pin",
+        proves: "a wrong PIN in the HSMDevice's Secret: the token is offered it once (not again after a restart), the agent and the HSMSecret say why, the right PIN put back: it recovers",
+    },
+    Scenario {
+        name: "mirror",
+        proves: "a second device is mirrored what the first holds; a delete it missed reaches it when it is back, and nothing deleted comes back",
+    },
+    Scenario {
         name: "card-pulled",
         proves: "the virtual Pico HSM pulled during REST writes: its agent recovers in place (same pod, no restart), writes fail on the card with a reason meanwhile, and nothing acknowledged is lost (REST API, Secret, the card itself)",
     },
@@ -116,6 +135,9 @@ impl Run {
             "rest" => self.rest().await,
             "plugin" => self.plugin().await,
             "failover" => self.failover().await,
+            "agent-killed" => self.agent_killed().await,
+            "wrong-pin" => self.wrong_pin().await,
+            "mirror" => self.mirror().await,
             "card-pulled" => self.card_pulled().await,
             "device-deleted" => self.device_deleted().await,
             "uninstall" => self.uninstall().await,

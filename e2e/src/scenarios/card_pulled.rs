@@ -6,13 +6,13 @@
 //! acknowledged write reads back through the REST API, the HSMSecret's Secret holds the last
 //! one, and the card itself, read while pulled, holds every one.
 
-use super::{APPS_NAMESPACE, Run, SECRET, WRITER, is_ready};
+use super::agents::{AGENT_CONTAINER, http, readyz, restarts};
+use super::{APPS_NAMESPACE, Run, SECRET, WRITER};
 use crate::card::{self, VirtualCard};
 use crate::cluster::{OPERATOR_NAMESPACE, wait_for};
 use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use hsm_api::HSMPool;
-use hsm_api::names::ports;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
@@ -20,15 +20,11 @@ use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The virtual card's HSMDevice.
 pub const CARD_DEVICE: &str = "smartcard-hsm";
-
-/// The agent pods' only container.
-const AGENT_CONTAINER: &str = "agent";
 
 /// One write through the REST API and what it answered.
 struct Write {
@@ -72,9 +68,9 @@ impl Run {
         };
         let agent = card_agent();
         let pod = self.plug_card_into_its_agent(&card).await?;
-        let restarts_before = restarts(&pod);
+        let restarts_before = restarts(&pod, AGENT_CONTAINER);
         let base = self.manager_url(None).await?;
-        self.manager_follows_healthy(&base, 2, Duration::from_secs(60))
+        self.manager_sees_healthy(&base, 2, Duration::from_secs(60))
             .await?;
         let writer = self.dir.join(format!("{WRITER}.token"));
         let mut writes: Vec<Write> = Vec::new();
@@ -136,7 +132,7 @@ impl Run {
         card.plug(address)?;
         let plugged = Instant::now();
         let back = self
-            .ready_agent(&agent, Duration::from_secs(60))
+            .ready_agent_pod(&agent, Duration::from_secs(60))
             .await
             .context("the agent did not recover once its card was back")?;
         ensure!(
@@ -144,18 +140,18 @@ impl Run {
             "the agent's pod was replaced: recovery was not in place"
         );
         ensure!(
-            restarts(&back) == restarts_before,
+            restarts(&back, AGENT_CONTAINER) == restarts_before,
             "the agent's container restarted ({} -> {})",
             restarts_before,
-            restarts(&back)
+            restarts(&back, AGENT_CONTAINER)
         );
-        self.manager_follows_healthy(&base, 2, Duration::from_secs(60))
+        self.manager_sees_healthy(&base, 2, Duration::from_secs(60))
             .await?;
         crate::progress(&format!(
             "    card out {} ms; agent Ready again {} ms after the card was back, same pod, {} restarts",
             plugged.duration_since(pulled).as_millis(),
             plugged.elapsed().as_millis(),
-            restarts(&back)
+            restarts(&back, AGENT_CONTAINER)
         ));
         for _ in 0..2 {
             let write = card_write(&base, &writer, next, true)?;
@@ -228,7 +224,8 @@ impl Run {
             password_on_card.first().and_then(Option::as_deref) == Some(password.as_str()),
             "the card lacks the HSMSecret's write made while it was out"
         );
-        self.ready_agent(&agent, Duration::from_secs(60)).await?;
+        self.ready_agent_pod(&agent, Duration::from_secs(60))
+            .await?;
 
         // The card's HSMDevice goes; the card keeps what it holds.
         self.remove_card_device(&card).await?;
@@ -287,7 +284,9 @@ impl Run {
             },
         )
         .await?;
-        let ready = self.ready_agent(&agent, Duration::from_secs(120)).await?;
+        let ready = self
+            .ready_agent_pod(&agent, Duration::from_secs(120))
+            .await?;
         ensure!(
             ready.uid() == pod.uid(),
             "the card's agent pod was replaced before it was Ready"
@@ -319,52 +318,6 @@ impl Run {
         .await?;
         card.pull();
         Ok(())
-    }
-
-    /// The pod of agent Deployment `agent` that is not being deleted.
-    async fn agent_pod(&self, agent: &str) -> Result<Pod> {
-        let pods: Api<Pod> = self.api(OPERATOR_NAMESPACE);
-        let list = pods
-            .list(&ListParams::default().labels(&format!("app={agent}")))
-            .await?;
-        let mut live = list
-            .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none());
-        let pod = live
-            .next()
-            .with_context(|| format!("agent {agent} has no pod"))?;
-        ensure!(live.next().is_none(), "agent {agent} has several pods");
-        Ok(pod)
-    }
-
-    /// Waits until agent `agent` has a Ready pod; answers it.
-    async fn ready_agent(&self, agent: &str, timeout: Duration) -> Result<Pod> {
-        wait_for(&format!("agent {agent} Ready"), timeout, || async {
-            let pod = self.agent_pod(agent).await?;
-            Ok(is_ready(&pod).then_some(pod))
-        })
-        .await
-    }
-
-    /// Waits until the manager at `base` follows `count` devices, every one healthy.
-    async fn manager_follows_healthy(
-        &self,
-        base: &str,
-        count: u64,
-        timeout: Duration,
-    ) -> Result<()> {
-        let url = format!("{base}/api/v1/health");
-        wait_for(
-            &format!("the manager at {base} to follow {count} healthy devices"),
-            timeout,
-            || async {
-                let (_, body) = http("GET", &url, None, None)?;
-                let data = &body["data"];
-                Ok((data["devices"] == count && data["active_nodes"] == count).then_some(()))
-            },
-        )
-        .await
     }
 }
 
@@ -416,15 +369,6 @@ fn card_write(base: &str, writer: &Path, n: usize, card_in: bool) -> Result<Writ
     })
 }
 
-/// How many times the agent's container was restarted.
-fn restarts(pod: &Pod) -> i32 {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.iter().find(|c| c.name == AGENT_CONTAINER))
-        .map_or(0, |c| c.restart_count)
-}
-
 /// The pod's address.
 fn pod_address(pod: &Pod) -> Result<IpAddr> {
     pod.status
@@ -433,64 +377,4 @@ fn pod_address(pod: &Pod) -> Result<IpAddr> {
         .with_context(|| format!("pod {} has no address", pod.name_any()))?
         .parse()
         .context("the pod's address")
-}
-
-/// The agent's own `GET /readyz`: status code and body.
-fn readyz(pod: &Pod) -> Result<(u16, Value)> {
-    let address = pod_address(pod)?;
-    http(
-        "GET",
-        &format!("http://{address}:{}/readyz", ports::AGENT_HEALTH),
-        None,
-        None,
-    )
-}
-
-/// An HTTP request with curl, as the holder of the token in `token_file` when given, with a
-/// JSON `body` when given; the status code and the JSON body (`null` when not JSON).
-fn http(
-    method: &str,
-    url: &str,
-    token_file: Option<&Path>,
-    body: Option<&str>,
-) -> Result<(u16, Value)> {
-    let mut command = Command::new("curl");
-    command.args([
-        "-sS",
-        "-X",
-        method,
-        "--max-time",
-        "60",
-        "-w",
-        "\n%{http_code}",
-    ]);
-    if let Some(file) = token_file {
-        let token = std::fs::read_to_string(file)?;
-        command
-            .arg("-H")
-            .arg(format!("Authorization: Bearer {}", token.trim()));
-    }
-    if let Some(body) = body {
-        command.args([
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            body,
-        ]);
-    }
-    let output = command.arg(url).output().context("cannot run curl")?;
-    ensure!(
-        output.status.success(),
-        "curl {method} {url}: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text
-        .trim_end()
-        .rsplit_once('\n')
-        .unwrap_or(("", text.trim()));
-    Ok((
-        code.parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    ))
 }

@@ -69,7 +69,17 @@ fn label_value(value: &str) -> String {
     }
 }
 
-/// The agent's arguments, in the Go manager's order.
+/// Where agent pods mount their `tmp` emptyDir.
+pub const TMP_MOUNT: &str = "/tmp";
+
+/// The agent's state directory (the PINs its token refused, remembered across container
+/// restarts): on the pod's `tmp` volume, named in the arguments rather than left to the
+/// agent's built-in default, so that whatever runs the pod places it in the pod's volume (a
+/// runtime that rewrites mount paths, not only one that mounts them) and it goes with the pod.
+pub const STATE_DIR: &str = "/tmp/hsm-agent";
+
+/// The agent's arguments, in the Go manager's order (then `--state-dir`, which the Go agent
+/// did not have).
 pub fn agent_args(spec: &AgentSpec<'_>) -> Vec<String> {
     let mut args = vec![
         "--mode=agent".to_owned(),
@@ -93,6 +103,7 @@ pub fn agent_args(spec: &AgentSpec<'_>) -> Vec<String> {
     if !pkcs11.library_path.is_empty() {
         args.push(format!("--pkcs11-library={}", pkcs11.library_path));
     }
+    args.push(format!("--state-dir={STATE_DIR}"));
     args
 }
 
@@ -125,7 +136,7 @@ fn volumes(tls: bool) -> (Vec<Volume>, Vec<VolumeMount>) {
     };
     let mut volumes = vec![empty("tmp"), empty("pcscd-run"), empty("pcscd-lock")];
     let mut mounts = vec![
-        mount("tmp", "/tmp", false),
+        mount("tmp", TMP_MOUNT, false),
         mount("pcscd-run", "/run/pcscd", false),
         mount("pcscd-lock", "/var/lock/pcsc", false),
     ];

@@ -183,6 +183,7 @@ fn args_follow_the_go_order_and_tls_adds_its_files_and_volume() {
             "--token-label=SmartCard-HSM",
             "--slot-id=0",
             "--pkcs11-library=/usr/lib/opensc-pkcs11.so",
+            "--state-dir=/tmp/hsm-agent",
         ]
     );
     let pod = with_tls.spec.template.spec.clone().unwrap();
@@ -219,6 +220,8 @@ fn args_follow_the_go_order_and_tls_adds_its_files_and_volume() {
         .unwrap();
     assert!(!args.iter().any(|a| a.starts_with("--tls")));
     assert_eq!(pod_volume_secret(&plain), None);
+    // The state directory lies on the pod's tmp volume.
+    assert!(STATE_DIR.starts_with(&format!("{TMP_MOUNT}/")));
 }
 
 fn pod_volume_secret(d: &Deployment) -> Option<(String, i32)> {
