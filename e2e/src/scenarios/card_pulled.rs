@@ -113,12 +113,18 @@ impl Run {
             matches!(code, 200 | 201 | 206),
             "the HSMSecret's write with the card out answered {code}: {answer}"
         );
+        // The agent says why it cannot serve. A reconnection may briefly look good while
+        // OpenSC still answers from what it cached of the card, so the answer is waited for.
         let agent_pod = self.agent_pod(&agent).await?;
-        let (ready_code, ready_body) = readyz(&agent_pod)?;
-        ensure!(
-            ready_code != 200,
-            "the agent says it is ready with its card pulled: {ready_body}"
-        );
+        let (ready_code, ready_body) = wait_for(
+            "the agent to say it is not ready with its card pulled",
+            Duration::from_secs(20),
+            || async {
+                let (code, body) = readyz(&agent_pod)?;
+                Ok((code != 200).then_some((code, body)))
+            },
+        )
+        .await?;
         crate::progress(&format!(
             "    card pulled: {failed_on_card} of 4 writes failed on it (the other device took them); the agent said {ready_code} {}",
             ready_body["detail"]
