@@ -151,6 +151,14 @@ impl Run {
             restarts_before,
             restarts(&back, AGENT_CONTAINER)
         );
+        // The pod may not have been probed while the card was out: the agent itself is
+        // asked (its probe reconnects the card) before the manager's view is trusted.
+        wait_for(
+            "the agent to say it is ready with its card back",
+            Duration::from_secs(60),
+            || async { Ok((readyz(&back)?.0 == 200).then_some(())) },
+        )
+        .await?;
         self.manager_sees_healthy(&base, 2, Duration::from_secs(60))
             .await?;
         crate::progress(&format!(
