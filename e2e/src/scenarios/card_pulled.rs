@@ -126,7 +126,8 @@ impl Run {
         )
         .await?;
         crate::progress(&format!(
-            "    card pulled: {failed_on_card} of 4 writes failed on it (the other device took them); the agent said {ready_code} {}",
+            "    card pulled: {failed_on_card} of 4 writes failed on it (the other device took them; the slowest answered in {} ms); the agent said {ready_code} {}",
+            slowest.as_millis(),
             ready_body["detail"]
                 .as_str()
                 .or(ready_body["message"].as_str())
