@@ -37,7 +37,7 @@ pub mod rbac_usage;
 pub mod scenarios;
 pub mod softhsm;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Where the scenarios run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,9 +97,14 @@ impl Runtime {
     }
 }
 
-/// The workspace's root directory (where `deploy/` is).
+/// The workspace's root directory (where `deploy/` is). Cargo names the crate's directory
+/// at run time; the compile-time value is a fallback only, since cargo reuses a build made in
+/// another clone of the same sources with that clone's path baked in.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest
         .parent()
         .expect("the e2e crate lives in the workspace root")
         .to_owned()

@@ -48,7 +48,7 @@ use crate::authn::UserInfo;
 use crate::error::ApiError;
 use crate::request::Target;
 use crate::routes::ResponseBody;
-use crate::{Authorization, Emulator, ops, rbac};
+use crate::{Emulator, ops, rbac};
 
 /// The binary channel subprotocol of port forwarding.
 pub const PROTOCOL_V4: &str = "v4.channel.k8s.io";
@@ -275,9 +275,6 @@ impl Emulator {
     /// The second check of a WebSocket upgrade: `create` on `pods/portforward`, as the real
     /// server makes since `AuthorizePodWebsocketUpgradeCreatePermission`.
     fn authorize_create(&self, t: &Target, user: &UserInfo) -> Result<(), ApiError> {
-        if *self.inner.authorization.read() != Authorization::Rbac {
-            return Ok(());
-        }
         let attributes = rbac::Attributes {
             user: user.clone(),
             verb: "create".into(),
@@ -290,16 +287,8 @@ impl Emulator {
             }),
             path: String::new(),
         };
-        let decision = self.authorize(&attributes);
-        if decision.allowed {
-            return Ok(());
-        }
-        let why = if decision.reason.is_empty() {
-            rbac::forbidden_message(&attributes)
-        } else {
-            decision.reason
-        };
-        Err(ApiError::denied("", "pods", &t.name, &why))
+        let snapshot = self.rbac_snapshot(&self.inner.store.lock());
+        self.authorize_within(&snapshot, &attributes)
     }
 }
 

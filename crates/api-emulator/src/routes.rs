@@ -552,9 +552,6 @@ impl Emulator {
         t: &Target,
         user: &UserInfo,
     ) -> Result<(), ApiError> {
-        if *self.inner.authorization.read() != Authorization::Rbac {
-            return Ok(());
-        }
         let attributes = rbac::Attributes {
             user: user.clone(),
             verb: "create".into(),
@@ -567,11 +564,31 @@ impl Emulator {
             }),
             path: String::new(),
         };
-        if rbac::allows(&self.rbac_snapshot(store), &attributes) {
-            Ok(())
-        } else {
-            Err(denied(&attributes))
+        self.authorize_within(&self.rbac_snapshot(store), &attributes)
+    }
+
+    /// A second authorisation made while serving an allowed request (the creation an apply
+    /// makes, the `create` a WebSocket upgrade needs): enforced only under RBAC, refused
+    /// with a 403 naming what is missing.
+    pub(crate) fn authorize_within(
+        &self,
+        snapshot: &rbac::Snapshot,
+        attributes: &rbac::Attributes,
+    ) -> Result<(), ApiError> {
+        if *self.inner.authorization.read() != Authorization::Rbac {
+            return Ok(());
         }
+        let decision = rbac::authorize(snapshot, attributes);
+        if decision.allowed {
+            return Ok(());
+        }
+        let why = if decision.reason.is_empty() {
+            rbac::forbidden_message(attributes)
+        } else {
+            decision.reason
+        };
+        let r = attributes.resource.clone().unwrap_or_default();
+        Err(ApiError::denied(&r.group, &r.resource, &r.name, &why))
     }
 }
 

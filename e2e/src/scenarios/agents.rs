@@ -73,6 +73,35 @@ impl Run {
         .await
     }
 
+    /// Writes a fresh password to the run's secret through the manager at `base`, as the
+    /// writer ServiceAccount; checks the token holds what the REST API acknowledged and the
+    /// Secret follows. `when` names the moment in failure messages.
+    pub(super) async fn write_reaches_hsm_and_secret(
+        &self,
+        base: &str,
+        token: &crate::softhsm::Token,
+        when: &str,
+    ) -> Result<()> {
+        let password = crate::softhsm::random_hex(12);
+        let writer = self.dir.join(format!("{}.token", super::WRITER));
+        let (code, body) = super::put(
+            &format!("{base}/api/v1/hsm/secrets/{}", super::SECRET),
+            &writer,
+            &password,
+        )?;
+        ensure!(
+            code == 200 || code == 201,
+            "a write {when} answered {code}: {body}"
+        );
+        ensure!(
+            token.value(super::SECRET, "password")?.as_deref() == Some(password.as_str()),
+            "the HSM does not hold what the REST API acknowledged {when}"
+        );
+        self.secret_value_becomes("password", &password, Duration::from_secs(10))
+            .await?;
+        Ok(())
+    }
+
     /// The apps Secret's `key` now (`None`: no Secret or no such key).
     pub(super) async fn secret_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let secrets: Api<Secret> = self.api(super::APPS_NAMESPACE);

@@ -3,7 +3,7 @@
 //! its token again, and nothing the Secret holds wavers meanwhile.
 
 use super::agents::{AGENT_CONTAINER, container_status, restarts};
-use super::{Run, SECRET, WRITER, agent_name, is_ready, put};
+use super::{Run, agent_name, is_ready};
 use anyhow::{Context, Result, bail, ensure};
 use kube::ResourceExt;
 use std::time::{Duration, Instant};
@@ -78,22 +78,7 @@ impl Run {
         let base = self.manager_url(None).await?;
         self.manager_sees_healthy(&base, 1, Duration::from_secs(30))
             .await?;
-        let password = crate::softhsm::random_hex(12);
-        let writer = self.dir.join(format!("{WRITER}.token"));
-        let (code, body) = put(
-            &format!("{base}/api/v1/hsm/secrets/{SECRET}"),
-            &writer,
-            &password,
-        )?;
-        ensure!(
-            code == 200 || code == 201,
-            "a write after the restart answered {code}: {body}"
-        );
-        ensure!(
-            token.value(SECRET, "password")?.as_deref() == Some(password.as_str()),
-            "the HSM does not hold what the REST API acknowledged after the restart"
-        );
-        self.secret_value_becomes("password", &password, Duration::from_secs(10))
+        self.write_reaches_hsm_and_secret(&base, &token, "after the restart")
             .await?;
         Ok(())
     }

@@ -159,6 +159,94 @@ impl Run {
             agent_ready.as_millis(),
             fixed.elapsed().as_millis()
         ));
+        self.write_reaches_hsm_and_secret(&base, &token, "after the PIN was fixed")
+            .await?;
+        let counter = token.pin_counter()?;
+        ensure!(
+            counter.count_low,
+            "the token shows no wrong PIN offered: {counter:?}"
+        );
+        ensure!(
+            !counter.locked,
+            "one wrong PIN locked the token: {counter:?}"
+        );
+        let refusals = node.volume_dir(&pod, "tmp").map(|dir| dir.join(REFUSALS))?;
+        ensure!(
+            refused_count(&refusals)? == 1,
+            "the agent remembers {} refused PINs, not 1",
+            refused_count(&refusals)?
+        );
+        ensure!(
+            !is_ready(&pod),
+            "the agent's pod is Ready with a refused PIN"
+        );
+
+        // A right login clears the count, so that another try would show again: the agent
+        // keeps trying to connect (every 2 s, backing off), and offers the token nothing.
+        token.hsmctl(&["info"])?;
+        let cleared = Instant::now();
+        ensure!(
+            token.pin_counter()? == PinCounter::default(),
+            "a right login left the token's count: {:?}",
+            token.pin_counter()?
+        );
+        let why = self.hsmsecret_says("PinRefused").await?;
+        crate::progress(&format!(
+            "    wrong PIN offered once; agent: {}; HSMSecret {SECRET}: {why}",
+            answer["detail"].as_str().unwrap_or_default()
+        ));
+        ensure!(
+            self.secret_value("password").await?.as_deref() == Some(held.as_slice()),
+            "the Secret lost its value while the PIN was wrong"
+        );
+        tokio::time::sleep(RETRIES_WATCHED.saturating_sub(cleared.elapsed())).await;
+        ensure!(
+            token.pin_counter()? == PinCounter::default(),
+            "the agent offered the refused PIN again: {:?}",
+            token.pin_counter()?
+        );
+
+        // Crashed again, the agent remembers the refusal and offers the token nothing.
+        node.kill_container(&pod, AGENT_CONTAINER)?;
+        let (pod, answer) = self
+            .agent_not_ready(&agent, first_restarts + 2, "PinRefused")
+            .await?;
+        let message = answer["message"].as_str().unwrap_or_default();
+        ensure!(
+            message.contains("waiting for a different PIN"),
+            "the restarted agent's refusal says: {message}"
+        );
+        ensure!(
+            token.pin_counter()? == PinCounter::default(),
+            "the restarted agent offered the refused PIN: {:?}",
+            token.pin_counter()?
+        );
+        ensure!(
+            refused_count(&refusals)? == 1,
+            "the agent remembers {} refused PINs after a restart, not 1",
+            refused_count(&refusals)?
+        );
+
+        // The right PIN back in the Secret: the agent takes it without a restart.
+        let restarted = restarts(&pod, AGENT_CONTAINER);
+        self.set_device_pin(&right)?;
+        let fixed = Instant::now();
+        let pod = self
+            .ready_agent_pod(&agent, Duration::from_secs(90))
+            .await?;
+        let agent_ready = fixed.elapsed();
+        ensure!(
+            restarts(&pod, AGENT_CONTAINER) == restarted,
+            "the agent needed a restart to take the right PIN"
+        );
+        let base = self.manager_url(None).await?;
+        self.manager_sees_healthy(&base, 1, Duration::from_secs(30))
+            .await?;
+        crate::progress(&format!(
+            "    right PIN back: agent Ready after {} ms, the manager serves it again after {} ms",
+            agent_ready.as_millis(),
+            fixed.elapsed().as_millis()
+        ));
         let password = crate::softhsm::random_hex(12);
         let writer = self.dir.join(format!("{WRITER}.token"));
         let (code, body) = put(
