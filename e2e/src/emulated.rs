@@ -20,6 +20,7 @@
 //! machine). The run reads the same token directly with `hsmctl`.
 
 use crate::Runtime;
+use crate::card::VirtualCard;
 use crate::cluster::{Cluster, wait_for};
 use crate::images::RunImages;
 use crate::process::Service;
@@ -46,6 +47,8 @@ const PODS: &str = "pods";
 pub const TOKEN_LABEL: &str = "e2e";
 /// The device type of the run's HSMDevice, whose extended resource the node's device is.
 pub const DEVICE_TYPE: &str = "PicoHSM";
+/// The device type of the virtual card's HSMDevice (the SmartCard-HSM the fixture shows).
+pub const CARD_DEVICE_TYPE: &str = "SmartCard-HSM";
 /// The images the manifests name, each the workspace binary that stands for it.
 pub const IMAGES: [(&str, &str); 3] = [
     ("localhost/hsm-operator:dev", "hsm-operator"),
@@ -53,12 +56,13 @@ pub const IMAGES: [(&str, &str); 3] = [
     ("localhost/hsm-discovery:dev", "hsm-discovery"),
 ];
 /// The workspace binaries the backend needs.
-pub const BINARIES: [&str; 5] = [
+pub const BINARIES: [&str; 6] = [
     "api-emulator",
     "hsm-operator",
     "hsm-agent",
     "hsm-discovery",
     "hsmctl",
+    "virtual-pico",
 ];
 
 /// Built workspace binaries by name.
@@ -82,6 +86,9 @@ pub struct Emulated {
     pub token: Token,
     /// How the node runs pods.
     pub runtime: Runtime,
+    /// The virtual Pico HSM, with containers: plugged into an agent pod's own pcscd (with
+    /// local processes an agent's pcscd would be this machine's, so there is none).
+    pub card: Option<Arc<VirtualCard>>,
     runner: Option<PodRunner>,
     /// The runner's id: the label value on every container it makes.
     runner_id: String,
@@ -184,9 +191,19 @@ impl Emulated {
             .and_then(|c| c.cluster.as_ref())
             .and_then(|c| c.server.clone())
             .context("the API server's kubeconfig names no server")?;
+        let card = match runtime {
+            Runtime::Containers => Some(Arc::new(VirtualCard::create(
+                &dir.path().join("virtual-pico"),
+                binaries.get("virtual-pico")?,
+                binaries.get("hsmctl")?,
+            )?)),
+            Runtime::Processes => None,
+        };
         let mut config = node_config(root, dir.path(), binaries, &server)?;
         // Both USB HSMs the node's tree shows are served from the token directory: the
-        // SmartCard-HSM by the token the mirror scenario makes beside the first.
+        // SmartCard-HSM by the token the mirror scenario makes beside the first. The virtual
+        // card, which is that SmartCard-HSM in the card-pulled scenario, needs nothing from
+        // the node (it dials its agent pod's vpcd reader); its agent gets the same allocation.
         config.devices = Devices::new()
             .with(device_resource(), device(&token, runtime))
             .with(
@@ -204,6 +221,7 @@ impl Emulated {
             cluster,
             token,
             runtime,
+            card,
             runner: Some(runner),
             runner_id: runner_id(&id),
             emulator,
@@ -231,6 +249,7 @@ impl Emulated {
             pods_share_the_host_network: self.runtime == Runtime::Processes,
             password: String::new(),
             node: Some(node),
+            card: self.card.clone(),
         })
     }
 
@@ -288,6 +307,9 @@ impl Emulated {
     /// Stops the node (every pod's processes or containers, and its network), the API
     /// server, and removes the run's images.
     pub async fn stop(mut self) {
+        if let Some(card) = self.card.take() {
+            card.pull();
+        }
         if let Some(runner) = self.runner.take() {
             runner.stop_within(Duration::from_secs(5)).await;
         }

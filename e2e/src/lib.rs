@@ -25,6 +25,7 @@
 //! ([`emulated::run_id`]): a run removes what a killed run of the same checkout left when it
 //! starts, and everything it made when it ends (also on Ctrl-C or SIGTERM).
 
+pub mod card;
 pub mod cluster;
 pub mod emulated;
 pub mod images;

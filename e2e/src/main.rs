@@ -88,6 +88,7 @@ async fn main() -> Result<()> {
                 pods_share_the_host_network: false,
                 password: String::new(),
                 node: None,
+                card: None,
             };
             scenarios(&mut run, until.as_deref()).await
         }

@@ -2,6 +2,7 @@
 //! and, where the run can reach the token, on the HSM itself.
 
 mod agents;
+mod card_pulled;
 mod crash;
 pub mod mirror;
 mod wrong_pin;
@@ -56,6 +57,8 @@ pub struct Run {
     /// The node the pods run on, where the backend lets the run reach beneath Kubernetes
     /// (crash a container, read a pod's volume).
     pub node: Option<std::sync::Arc<dyn crate::node::Node>>,
+    /// The virtual Pico HSM, where the runtime plugs it into an agent's own pcscd.
+    pub card: Option<std::sync::Arc<crate::card::VirtualCard>>,
 }
 
 /// One scenario: its name and what it does.
@@ -105,6 +108,10 @@ pub const SCENARIOS: &[Scenario] = &[
         proves: "a second device is mirrored what the first holds; a delete it missed reaches it when it is back, and nothing deleted comes back",
     },
     Scenario {
+        name: "card-pulled",
+        proves: "the virtual Pico HSM pulled during REST writes: its agent recovers in place (same pod, no restart), writes fail on the card with a reason meanwhile, and nothing acknowledged is lost (REST API, Secret, the card itself)",
+    },
+    Scenario {
         name: "device-deleted",
         proves: "HSMDevice deleted: its agents go, the HSM data stays",
     },
@@ -131,6 +138,7 @@ impl Run {
             "agent-killed" => self.agent_killed().await,
             "wrong-pin" => self.wrong_pin().await,
             "mirror" => self.mirror().await,
+            "card-pulled" => self.card_pulled().await,
             "device-deleted" => self.device_deleted().await,
             "uninstall" => self.uninstall().await,
             "rbac" => self.rbac(),

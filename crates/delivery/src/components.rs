@@ -105,9 +105,9 @@ pub const DISCOVERY: Component = Component {
     env: &[],
 };
 
-/// The agent: the binary, OpenSC's PKCS#11 module and `sc-hsm-tool`, pcscd and the CCID
-/// driver bundle, with the directories pcscd writes to ready as mount points for a read-only
-/// root. It runs as root, as the Go agent's pods do (pcscd and the device node), with every
+/// The agent: the binary, OpenSC's PKCS#11 module, its SmartCard-HSM profiles and
+/// `sc-hsm-tool`, pcscd and the CCID driver bundle, with the directories pcscd writes to
+/// ready as mount points for a read-only root. It runs as root, as the Go agent's pods do (pcscd and the device node), with every
 /// capability dropped by the pod.
 pub const AGENT: Component = Component {
     image: "hsm-agent",
@@ -119,6 +119,10 @@ pub const AGENT: Component = Component {
         file("opensc-pkcs11", "{multiarch}/pkcs11/opensc-pkcs11.so", ELF),
         file("opensc", "/etc/opensc/opensc.conf", DATA),
         file("opensc", "/usr/bin/sc-hsm-tool", ELF),
+        // The PKCS#15 profiles OpenSC reads to create an object on a SmartCard-HSM (Pico
+        // HSM): without them every C_CreateObject fails with CKR_GENERAL_ERROR.
+        file("opensc", "/usr/share/opensc/pkcs15.profile", DATA),
+        file("opensc", "/usr/share/opensc/sc-hsm.profile", DATA),
         // OpenSC opens PC/SC with dlopen, so ldd does not see it.
         file("libpcsclite1", "{multiarch}/libpcsclite.so.1", ELF),
         file("pcscd", "/usr/sbin/pcscd", ELF),

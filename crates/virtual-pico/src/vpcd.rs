@@ -11,7 +11,7 @@
 use crate::card::{ATR, Card};
 use crate::saved::SavedError;
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,12 +101,28 @@ impl VirtualCard {
     /// Plugs `card` into the vpcd reader listening on `127.0.0.1:port`. The card keeps
     /// trying to connect until the reader is there.
     pub fn start(port: u16, card: Card) -> VirtualCard {
-        VirtualCard::start_with(port, card, None)
+        VirtualCard::start_with(loopback(port), card, None)
+    }
+
+    /// Plugs `card` into the vpcd reader listening at `reader` (vpcd listens on every
+    /// address of its machine: a pcscd in a container or another network namespace is
+    /// reached at that namespace's address).
+    pub fn start_at(reader: SocketAddr, card: Card) -> VirtualCard {
+        VirtualCard::start_with(reader, card, None)
     }
 
     /// Plugs in the card saved at `path`, or a blank card named `serial` if there is no such
     /// file yet, and saves the card there after every command that changes it.
     pub fn start_saved(port: u16, path: &Path, serial: &str) -> Result<VirtualCard, SavedError> {
+        VirtualCard::start_saved_at(loopback(port), path, serial)
+    }
+
+    /// As [`VirtualCard::start_saved`], into the vpcd reader listening at `reader`.
+    pub fn start_saved_at(
+        reader: SocketAddr,
+        path: &Path,
+        serial: &str,
+    ) -> Result<VirtualCard, SavedError> {
         let card = if path.exists() {
             Card::load(path)?
         } else {
@@ -118,10 +134,10 @@ impl VirtualCard {
             path: path.to_owned(),
             last: card.to_bytes(),
         };
-        Ok(VirtualCard::start_with(port, card, Some(saved)))
+        Ok(VirtualCard::start_with(reader, card, Some(saved)))
     }
 
-    fn start_with(port: u16, card: Card, saved: Option<Saved>) -> VirtualCard {
+    fn start_with(reader: SocketAddr, card: Card, saved: Option<Saved>) -> VirtualCard {
         let shared = Arc::new(Shared {
             card: Mutex::new(card),
             inserted: AtomicBool::new(true),
@@ -138,7 +154,7 @@ impl VirtualCard {
         });
         let thread = {
             let shared = shared.clone();
-            std::thread::spawn(move || run(port, &shared))
+            std::thread::spawn(move || run(reader, &shared))
         };
         VirtualCard {
             shared,
@@ -251,14 +267,19 @@ impl Drop for VirtualCard {
     }
 }
 
-fn run(port: u16, shared: &Shared) {
+/// The vpcd reader on this machine's loopback address.
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+fn run(reader: SocketAddr, shared: &Shared) {
     while !shared.stop.load(Ordering::SeqCst) {
         let inserted = shared.inserted.load(Ordering::SeqCst);
         if !inserted && shared.absence_noticed.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
-        let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        let Ok(stream) = TcpStream::connect_timeout(&reader, Duration::from_secs(1)) else {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };

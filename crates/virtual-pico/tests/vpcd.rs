@@ -232,3 +232,46 @@ fn a_corrupt_saved_card_is_refused_and_left_alone() {
     );
     assert_eq!(std::fs::read(&path).unwrap(), b"not a card");
 }
+
+/// A reader at another address than 127.0.0.1 (as vpcd in a container, at its pod's
+/// address): the binary's `--host` dials it there, and stopping the process pulls the card.
+#[test]
+fn the_binary_dials_the_reader_at_the_host_it_is_given() {
+    let listener = TcpListener::bind("127.0.0.2:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    // Killed when dropped, also when an assertion below fails.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_virtual-pico"))
+            .args(["--host", "127.0.0.2", "--port", &address.port().to_string()])
+            .args(["--serial", "DENK0100123"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Only 127.0.0.2 listens: a card dialling 127.0.0.1 is never accepted.
+    let (mut link, _) = listener.accept().unwrap();
+    link.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    send(&mut link, &[4]);
+    assert_eq!(receive(&mut link), ATR);
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    assert!(closed(&mut link), "the stopped card left the reader open");
+}
+
+#[test]
+fn the_binary_without_a_port_or_private_reader_is_refused() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_virtual-pico"))
+        .args(["--host", "127.0.0.2"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("--port"), "{said}");
+}
