@@ -4,7 +4,9 @@
 //! again); a write made while the card was out is answered with the card's failure in its
 //! device results (the other device acknowledges it); and nothing acknowledged is lost: every
 //! acknowledged write reads back through the REST API, the HSMSecret's Secret holds the last
-//! one, and the card itself, read while pulled, holds every one.
+//! one, and the card itself, read while pulled, holds every one. A delete made while the card
+//! was out reaches it once it is back (SoftHSM2 and the card mirrored), and a later mirror
+//! pass does not bring the secret back.
 
 use super::agents::{AGENT_CONTAINER, http, readyz, restarts};
 use super::{APPS_NAMESPACE, Run, SECRET, WRITER};
@@ -101,6 +103,15 @@ impl Run {
         ensure!(
             failed_on_card > 0,
             "every write after the card was pulled reached the card"
+        );
+        // A delete the card misses: the first write, which the card holds.
+        let deleted = writes.remove(0);
+        let deleted_url = format!("{base}/api/v1/hsm/secrets/{}", deleted.name);
+        let (code, answer) = http("DELETE", &deleted_url, Some(&writer), None)?;
+        ensure!(
+            matches!(code, 200 | 206),
+            "deleting {} with the card out answered {code}: {answer}",
+            deleted.name
         );
         let password = crate::softhsm::random_hex(12);
         let (code, answer) = http(
@@ -215,12 +226,36 @@ impl Run {
             code == 200,
             "a forced mirror pass answered {code}: {answer}"
         );
-        let names: Vec<String> = writes.iter().map(|w| w.name.clone()).collect();
+        let mut names: Vec<String> = writes.iter().map(|w| w.name.clone()).collect();
+        names.push(deleted.name.clone());
         card.pull();
         let on_card = card.values(&names, "value");
         let password_on_card = card.values(&[SECRET.to_owned()], "password");
         card.plug(address)?;
-        let (on_card, password_on_card) = (on_card?, password_on_card?);
+        let (mut on_card, password_on_card) = (on_card?, password_on_card?);
+        // The delete reached the card when it came back, and nothing brought the secret back.
+        let deleted_on_card = on_card.pop().flatten();
+        ensure!(
+            deleted_on_card.is_none(),
+            "the card still holds {}, deleted while it was out",
+            deleted.name
+        );
+        let (code, answer) = http(
+            "POST",
+            &format!("{base}/api/v1/hsm/mirror/sync"),
+            Some(&writer),
+            Some(r#"{"force":true}"#),
+        )?;
+        ensure!(
+            code == 200,
+            "a second forced mirror pass answered {code}: {answer}"
+        );
+        let (code, answer) = http("GET", &deleted_url, Some(&writer), None)?;
+        ensure!(
+            code == 404,
+            "{} came back after it was deleted: {code} {answer}",
+            deleted.name
+        );
         for (write, held) in writes.iter().zip(&on_card) {
             ensure!(
                 held.as_deref() == Some(write.value.as_str()),
