@@ -15,7 +15,6 @@ use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
 use hsm_api::HSMPool;
 use hsm_api::names::{LEADER_ELECTION_ID, ports};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
@@ -399,17 +398,8 @@ impl Run {
             code == 200 || code == 201,
             "the writer's write answered {code}: {body}"
         );
-        let secrets: Api<Secret> = self.api(APPS_NAMESPACE);
-        wait_for(
-            "the Secret to follow the write",
-            Duration::from_secs(10),
-            || async {
-                let current = secrets.get_opt(SECRET).await?.and_then(|s| s.data);
-                let value = current.and_then(|d| d.get("password").map(|v| v.0.clone()));
-                Ok((value.as_deref() == Some(password.as_bytes())).then_some(()))
-            },
-        )
-        .await?;
+        self.secret_value_becomes("password", &password, Duration::from_secs(10))
+            .await?;
         let latency = started.elapsed();
         crate::progress(&format!("    write -> Secret: {} ms", latency.as_millis()));
         ensure!(
@@ -555,30 +545,8 @@ impl Run {
     async fn device_deleted(&mut self) -> Result<()> {
         let token = self.token.as_ref().context("needs the token")?;
         let before = token.value(SECRET, "password")?;
-        self.cluster.kubectl(&[
-            "delete",
-            "hsmdevice",
-            DEVICE,
-            "-n",
-            OPERATOR_NAMESPACE,
-            "--wait=true",
-            "--timeout=60s",
-        ])?;
-        let deployments: Api<Deployment> = self.api(OPERATOR_NAMESPACE);
-        let pods: Api<Pod> = self.api(OPERATOR_NAMESPACE);
         let agent = agent_name();
-        wait_for(
-            "the agent and its pods to be gone",
-            Duration::from_secs(60),
-            || async {
-                let deployment = deployments.get_opt(&agent).await?;
-                let running = pods
-                    .list(&ListParams::default().labels(&format!("app={agent}")))
-                    .await?;
-                Ok((deployment.is_none() && running.items.is_empty()).then_some(()))
-            },
-        )
-        .await?;
+        self.delete_device(DEVICE, &agent).await?;
         ensure!(before.is_some(), "the HSM held no {SECRET} before");
         ensure!(
             token.value(SECRET, "password")? == before,

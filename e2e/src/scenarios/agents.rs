@@ -6,6 +6,7 @@ use crate::cluster::{OPERATOR_NAMESPACE, wait_for};
 use crate::node::Node;
 use anyhow::{Context, Result, ensure};
 use hsm_api::names::ports;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -100,6 +101,49 @@ impl Run {
         self.secret_value_becomes("password", &password, Duration::from_secs(10))
             .await?;
         Ok(())
+    }
+
+    /// Deletes HSMDevice `device` and waits until its agent `agent` (Deployment and pods)
+    /// is gone.
+    pub(super) async fn delete_device(&self, device: &str, agent: &str) -> Result<()> {
+        self.cluster.kubectl(&[
+            "delete",
+            "hsmdevice",
+            device,
+            "-n",
+            OPERATOR_NAMESPACE,
+            "--wait=true",
+            "--timeout=60s",
+        ])?;
+        let deployments: Api<Deployment> = self.api(OPERATOR_NAMESPACE);
+        let pods: Api<Pod> = self.api(OPERATOR_NAMESPACE);
+        wait_for(
+            &format!("agent {agent} and its pods to be gone"),
+            Duration::from_secs(60),
+            || async {
+                let deployment = deployments.get_opt(agent).await?;
+                let running = pods
+                    .list(&ListParams::default().labels(&format!("app={agent}")))
+                    .await?;
+                Ok((deployment.is_none() && running.items.is_empty()).then_some(()))
+            },
+        )
+        .await
+    }
+
+    /// A forced mirror pass through the manager at `base`, as the writer; its answer.
+    pub(super) fn force_mirror_pass(&self, base: &str, writer: &Path) -> Result<Value> {
+        let (code, answer) = http(
+            "POST",
+            &format!("{base}/api/v1/hsm/mirror/sync"),
+            Some(writer),
+            Some(r#"{"force":true}"#),
+        )?;
+        ensure!(
+            code == 200,
+            "a forced mirror pass answered {code}: {answer}"
+        );
+        Ok(answer)
     }
 
     /// The apps Secret's `key` now (`None`: no Secret or no such key).

@@ -9,16 +9,15 @@
 //! pass does not bring the secret back.
 
 use super::agents::{AGENT_CONTAINER, http, readyz, restarts};
-use super::{APPS_NAMESPACE, Run, SECRET, WRITER};
+use super::{Run, SECRET, WRITER};
 use crate::card::{self, VirtualCard};
 use crate::cluster::{OPERATOR_NAMESPACE, wait_for};
 use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use hsm_api::HSMPool;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use serde_json::{Value, json};
 use std::net::IpAddr;
 use std::path::Path;
@@ -205,27 +204,10 @@ impl Run {
                 write.name
             );
         }
-        let secrets: Api<Secret> = self.api(APPS_NAMESPACE);
-        wait_for(
-            "the Secret to hold the write made with the card out",
-            Duration::from_secs(30),
-            || async {
-                let data = secrets.get_opt(SECRET).await?.and_then(|s| s.data);
-                let value = data.and_then(|d| d.get("password").map(|v| v.0.clone()));
-                Ok((value.as_deref() == Some(password.as_bytes())).then_some(()))
-            },
-        )
-        .await?;
-        let (code, answer) = http(
-            "POST",
-            &format!("{base}/api/v1/hsm/mirror/sync"),
-            Some(&writer),
-            Some(r#"{"force":true}"#),
-        )?;
-        ensure!(
-            code == 200,
-            "a forced mirror pass answered {code}: {answer}"
-        );
+        self.secret_value_becomes("password", &password, Duration::from_secs(30))
+            .await
+            .context("the Secret lacks the write made with the card out")?;
+        self.force_mirror_pass(&base, &writer)?;
         let mut names: Vec<String> = writes.iter().map(|w| w.name.clone()).collect();
         names.push(deleted.name.clone());
         card.pull();
@@ -240,16 +222,7 @@ impl Run {
             "the card still holds {}, deleted while it was out",
             deleted.name
         );
-        let (code, answer) = http(
-            "POST",
-            &format!("{base}/api/v1/hsm/mirror/sync"),
-            Some(&writer),
-            Some(r#"{"force":true}"#),
-        )?;
-        ensure!(
-            code == 200,
-            "a second forced mirror pass answered {code}: {answer}"
-        );
+        self.force_mirror_pass(&base, &writer)?;
         let (code, answer) = http("GET", &deleted_url, Some(&writer), None)?;
         ensure!(
             code == 404,
@@ -346,26 +319,7 @@ impl Run {
 
     /// Deletes the card's HSMDevice, waits until its agent is gone, and pulls the card.
     async fn remove_card_device(&self, card: &VirtualCard) -> Result<()> {
-        let agent = card_agent();
-        self.cluster.kubectl(&[
-            "delete",
-            "hsmdevice",
-            CARD_DEVICE,
-            "-n",
-            OPERATOR_NAMESPACE,
-            "--wait=true",
-            "--timeout=60s",
-        ])?;
-        let deployments: Api<Deployment> = self.api(OPERATOR_NAMESPACE);
-        let pods: Api<Pod> = self.api(OPERATOR_NAMESPACE);
-        wait_for("the card's agent gone", Duration::from_secs(60), || async {
-            let deployment = deployments.get_opt(&agent).await?;
-            let running = pods
-                .list(&ListParams::default().labels(&format!("app={agent}")))
-                .await?;
-            Ok((deployment.is_none() && running.items.is_empty()).then_some(()))
-        })
-        .await?;
+        self.delete_device(CARD_DEVICE, &card_agent()).await?;
         card.pull();
         Ok(())
     }

@@ -15,10 +15,8 @@ use crate::cluster::{OPERATOR_NAMESPACE, wait_for};
 use crate::softhsm::Token;
 use anyhow::{Context, Result, ensure};
 use hsm_api::HSMPool;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -198,16 +196,7 @@ impl Run {
         ));
         self.manager_sees_healthy(&base, 2, Duration::from_secs(30))
             .await?;
-        let (code, answer) = http(
-            "POST",
-            &format!("{base}/api/v1/hsm/mirror/sync"),
-            Some(&writer),
-            Some(r#"{"force":true}"#),
-        )?;
-        ensure!(
-            code == 200,
-            "a forced mirror pass answered {code}: {answer}"
-        );
+        let answer = self.force_mirror_pass(&base, &writer)?;
         let summary = &answer["data"]["summary"];
         ensure!(
             summary["failures"].as_array().is_some_and(Vec::is_empty)
@@ -237,16 +226,7 @@ impl Run {
         .await?;
         self.manager_sees_healthy(&base, 2, Duration::from_secs(30))
             .await?;
-        let (code, answer) = http(
-            "POST",
-            &format!("{base}/api/v1/hsm/mirror/sync"),
-            Some(&writer),
-            Some(r#"{"force":true}"#),
-        )?;
-        ensure!(
-            code == 200,
-            "a forced mirror pass answered {code}: {answer}"
-        );
+        self.force_mirror_pass(&base, &writer)?;
         self.deleted_everywhere(&url, &writer, [&first, &second])?;
         ensure!(
             second.value(super::SECRET, "password")? == first.value(super::SECRET, "password")?,
@@ -257,29 +237,7 @@ impl Run {
         // The second HSMDevice removed: its agent goes, its token keeps what it holds, and
         // the manager serves the first device alone again.
         let kept = second.value(super::SECRET, "password")?;
-        self.cluster.kubectl(&[
-            "delete",
-            "hsmdevice",
-            SECOND.name,
-            "-n",
-            OPERATOR_NAMESPACE,
-            "--wait=true",
-            "--timeout=60s",
-        ])?;
-        let deployments: Api<Deployment> = self.api(OPERATOR_NAMESPACE);
-        let pods: Api<Pod> = self.api(OPERATOR_NAMESPACE);
-        wait_for(
-            "the second device's agent gone",
-            Duration::from_secs(60),
-            || async {
-                let deployment = deployments.get_opt(&agent).await?;
-                let running = pods
-                    .list(&ListParams::default().labels(&format!("app={agent}")))
-                    .await?;
-                Ok((deployment.is_none() && running.items.is_empty()).then_some(()))
-            },
-        )
-        .await?;
+        self.delete_device(SECOND.name, &agent).await?;
         ensure!(
             kept.is_some() && second.value(super::SECRET, "password")? == kept,
             "removing the second HSMDevice changed its token"
