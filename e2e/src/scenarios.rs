@@ -13,7 +13,6 @@ use crate::rbac_usage::{self, Exemption};
 use crate::softhsm::Token;
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
-use hsm_api::HSMPool;
 use hsm_api::names::{LEADER_ELECTION_ID, ports};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -227,22 +226,7 @@ impl Run {
         );
         self.cluster
             .kubectl_with_input(&["apply", "-f", "-"], Some(&manifest))?;
-        let pools: Api<HSMPool> = self.api(OPERATOR_NAMESPACE);
-        wait_for(
-            "the HSMPool to be Ready with the device",
-            Duration::from_secs(120),
-            || async {
-                let pool = pools.get_opt(&format!("{DEVICE}-pool")).await?;
-                let status = pool.and_then(|p| p.status);
-                Ok(status.filter(|s| {
-                    serde_json::to_value(&s.phase).ok() == Some(Value::from("Ready"))
-                        && s.aggregated_devices
-                            .iter()
-                            .any(|d| d.serial_number == SERIAL)
-                }))
-            },
-        )
-        .await?;
+        self.pool_ready_with(DEVICE, SERIAL).await?;
         let agent = agent_name();
         let pods: Api<Pod> = self.api(OPERATOR_NAMESPACE);
         wait_for(
@@ -713,38 +697,7 @@ fn is_ready(pod: &Pod) -> bool {
 /// `PUT url` with the password as the secret's new `password` (and `username`), as the
 /// holder of the token in `token_file`; the status code and body.
 fn put(url: &str, token_file: &Path, password: &str) -> Result<(u16, String)> {
-    let token = std::fs::read_to_string(token_file)?;
-    let body = format!(r#"{{"data":{{"username":"app","password":"{password}"}}}}"#);
-    let output = Command::new("curl")
-        .args([
-            "-sS",
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-        ])
-        .arg(format!("Authorization: Bearer {}", token.trim()))
-        .args([
-            "--data-binary",
-            &body,
-            "-w",
-            "\n%{http_code}",
-            "--max-time",
-            "30",
-            url,
-        ])
-        .output()
-        .context("cannot run curl")?;
-    ensure!(
-        output.status.success(),
-        "curl {url}: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text
-        .trim_end()
-        .rsplit_once('\n')
-        .unwrap_or(("", text.trim()));
-    Ok((code.parse().unwrap_or(0), body.to_owned()))
+    let body = serde_json::json!({"data": {"username": "app", "password": password}});
+    let (code, answer) = agents::http("PUT", url, Some(token_file), Some(&body.to_string()))?;
+    Ok((code, answer.to_string()))
 }

@@ -5,6 +5,7 @@ use super::{Run, is_ready};
 use crate::cluster::{OPERATOR_NAMESPACE, wait_for};
 use crate::node::Node;
 use anyhow::{Context, Result, ensure};
+use hsm_api::HSMPool;
 use hsm_api::names::ports;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
@@ -126,6 +127,28 @@ impl Run {
                     .list(&ListParams::default().labels(&format!("app={agent}")))
                     .await?;
                 Ok((deployment.is_none() && running.items.is_empty()).then_some(()))
+            },
+        )
+        .await
+    }
+
+    /// Waits until HSMPool `<device>-pool` is Ready with the device of `serial`.
+    pub(super) async fn pool_ready_with(&self, device: &str, serial: &str) -> Result<()> {
+        let pools: Api<HSMPool> = self.api(OPERATOR_NAMESPACE);
+        let pool = hsm_api::names::pool_name(device);
+        wait_for(
+            &format!("HSMPool {pool} Ready with device {serial}"),
+            Duration::from_secs(120),
+            || async {
+                let status = pools.get_opt(&pool).await?.and_then(|p| p.status);
+                Ok(status
+                    .filter(|s| {
+                        serde_json::to_value(&s.phase).ok() == Some(Value::from("Ready"))
+                            && s.aggregated_devices
+                                .iter()
+                                .any(|d| d.serial_number == serial)
+                    })
+                    .map(|_| ()))
             },
         )
         .await

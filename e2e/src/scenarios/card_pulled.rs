@@ -14,11 +14,9 @@ use crate::card::{self, VirtualCard};
 use crate::cluster::{OPERATOR_NAMESPACE, wait_for};
 use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
-use hsm_api::HSMPool;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::Api;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -289,24 +287,7 @@ impl Run {
         )
         .await?;
         card.plug(pod_address(&pod)?)?;
-        let pools: Api<HSMPool> = self.api(OPERATOR_NAMESPACE);
-        let pool = hsm_api::names::pool_name(CARD_DEVICE);
-        wait_for(
-            &format!("HSMPool {pool} Ready with the card"),
-            Duration::from_secs(120),
-            || async {
-                let status = pools.get_opt(&pool).await?.and_then(|p| p.status);
-                Ok(status
-                    .filter(|s| {
-                        serde_json::to_value(&s.phase).ok() == Some(Value::from("Ready"))
-                            && s.aggregated_devices
-                                .iter()
-                                .any(|d| d.serial_number == card::SERIAL)
-                    })
-                    .map(|_| ()))
-            },
-        )
-        .await?;
+        self.pool_ready_with(CARD_DEVICE, card::SERIAL).await?;
         let ready = self
             .ready_agent_pod(&agent, Duration::from_secs(120))
             .await?;

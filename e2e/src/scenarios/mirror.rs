@@ -14,10 +14,8 @@ use super::{Run, WRITER, is_ready};
 use crate::cluster::{OPERATOR_NAMESPACE, wait_for};
 use crate::softhsm::Token;
 use anyhow::{Context, Result, ensure};
-use hsm_api::HSMPool;
 use kube::ResourceExt;
-use kube::api::Api;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// A device the run adds beside the first: what discovery finds of it and how its agent
@@ -245,28 +243,6 @@ impl Run {
         self.manager_sees_healthy(&base, 1, Duration::from_secs(30))
             .await?;
         Ok(())
-    }
-
-    /// Waits until HSMPool `<device>-pool` is Ready with the device of `serial`.
-    async fn pool_ready_with(&self, device: &str, serial: &str) -> Result<()> {
-        let pools: Api<HSMPool> = self.api(OPERATOR_NAMESPACE);
-        let pool = hsm_api::names::pool_name(device);
-        wait_for(
-            &format!("HSMPool {pool} Ready with device {serial}"),
-            Duration::from_secs(120),
-            || async {
-                let status = pools.get_opt(&pool).await?.and_then(|p| p.status);
-                Ok(status
-                    .filter(|s| {
-                        serde_json::to_value(&s.phase).ok() == Some(Value::from("Ready"))
-                            && s.aggregated_devices
-                                .iter()
-                                .any(|d| d.serial_number == serial)
-                    })
-                    .map(|_| ()))
-            },
-        )
-        .await
     }
 
     /// Waits until the manager at `base` follows exactly `count` devices.
